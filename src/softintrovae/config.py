@@ -1,0 +1,306 @@
+"""Run configuration: dataclasses validated on construction, presets, and ``key=value`` overrides.
+
+One defaults source (these dataclasses) drives the CLI and the Python API. Presets are YAML data
+under ``softintrovae/presets``; a user config file has the same shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+METHODS = ("vae", "introvae", "soft-introvae")
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_non_negative(section: object, prefix: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _check(value >= 0, f"{prefix}.{name} must be >= 0, got {value}")
+
+
+@dataclass
+class DataConfig:
+    name: str = "8gaussians"
+    batch_size: int = 512
+    seed: int = 0  # the data stream's own seed, independent of the model's
+
+    def __post_init__(self) -> None:
+        from .data import DATASETS
+
+        _check_choice("data.name", self.name, tuple(DATASETS))
+        _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"
+    z_dim: int = 2
+    hidden_dim: int = 256
+    hidden_layers: int = 4
+
+    def __post_init__(self) -> None:
+        from .models import ARCHITECTURES
+
+        _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
+        for name in ("z_dim", "hidden_dim", "hidden_layers"):
+            _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class MethodConfig:
+    name: str = "soft-introvae"
+    beta_rec: float = 1.0
+    beta_kl: float = 1.0
+    beta_neg: float = 1.0
+    gamma_r: float = 1e-8  # weight of the negatives' reconstruction in the decoder loss (paper §5)
+    margin: float = 1.0  # IntroVAE's hard margin m
+    reconstruction: str = "mse"
+    scale: float | None = None  # s; None means 1 / (number of input dimensions)
+    detach_negative_target: bool = False  # the official image trainer does not detach it
+    vae_warmup_steps: int = 2000
+
+    def __post_init__(self) -> None:
+        from .objectives import RECONSTRUCTION_KINDS
+
+        _check_choice("method.name", self.name, METHODS)
+        _check_choice("method.reconstruction", self.reconstruction, RECONSTRUCTION_KINDS)
+        _check_non_negative(self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps"))
+        _check(self.scale is None or self.scale > 0, f"method.scale must be > 0 or null, got {self.scale}")
+
+
+@dataclass
+class OptimConfig:
+    lr_encoder: float = 2e-4
+    lr_decoder: float = 2e-4
+    milestones: list[int] = field(default_factory=lambda: [10000, 15000])  # MultiStepLR, per step
+    lr_gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("lr_encoder", "lr_decoder", "lr_gamma"):
+            _check(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
+        _check(all(m > 0 for m in self.milestones), f"optim.milestones must be positive, got {self.milestones}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 30000
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    log_every: int = 100
+    eval_every: int = 5000  # 0: evaluate only at the end
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+            _check(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}")
+        _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 5000  # real and generated points for the histogram metrics
+    bins: int = 100
+    grid_size: int = 1024  # gnELBO grid is grid_size x grid_size
+    elbo_samples: int = 12800  # data points for gnELBO
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "bins", "grid_size", "elbo_samples"):
+            _check(getattr(self, name) > 0, f"eval.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from plain data, with type checks that name the key.
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [a for a in options if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"config key {key!r} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"unknown config key {prefix + str(unknown[0])!r} (known in this section: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, annotation, prefix + name)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested plain data (missing keys take defaults)."""
+    return _build(Config, data, "")
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``section.key=value`` with a YAML-typed value (``1e-4``, ``true``, ``[1, 2]``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise UserError(f"override {text!r} has a value that is not valid YAML") from None
+    return key.strip(), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``method.beta_kl``) in nested plain data; unknown keys fail at build time."""
+    result = _deep_merge(data, {})
+    for dotted, value in overrides.items():
+        node = result
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {dotted!r}: {part!r} is not a config section")
+            node[part] = child = dict(child)
+            node = child
+        node[leaf] = value
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: YAML data shipped with the package.
+
+
+def _preset_files() -> list[Any]:
+    folder = resources.files("softintrovae") / "presets"
+    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
+
+
+def load_presets() -> dict[str, dict[str, Any]]:
+    """All presets by name; each preset file holds ``defaults`` and a ``presets`` mapping."""
+    presets: dict[str, dict[str, Any]] = {}
+    for path in _preset_files():
+        content = yaml.safe_load(path.read_text())
+        defaults = content.get("defaults", {})
+        for name, body in content["presets"].items():
+            presets[name] = _deep_merge(_deep_merge(defaults, body), {"name": name})
+    return presets
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> Config:
+    """A Config from a preset name, a YAML file, or a dict, with optional overrides.
+
+    ``overrides`` is a mapping of dotted keys or a list of ``key=value`` strings (as ``--set``).
+    """
+    if isinstance(source, dict):
+        data = source
+    elif str(source).endswith((".yaml", ".yml")) or Path(source).is_file():
+        data = read_config_file(Path(source))
+        data.setdefault("name", Path(source).stem)
+    else:
+        presets = load_presets()
+        if str(source) not in presets:
+            raise UserError(f"unknown preset {str(source)!r} (run 'softintrovae presets' to list them)")
+        data = presets[str(source)]
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    return config_from_dict(apply_overrides(data, overrides or {}))

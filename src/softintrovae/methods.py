@@ -1,0 +1,249 @@
+"""Training methods: one update of VAE, IntroVAE or Soft-IntroVAE for any encoder/decoder pair.
+
+An encoder maps x to (μ, log σ²) and a decoder maps z to x̂. Each method owns the two Adam
+optimizers' update order (SPEC §2): VAE updates both jointly; the introspective methods run an
+encoder phase, then a decoder phase with the updated encoder. Introspective methods start with
+``vae_warmup_steps`` plain β-VAE updates.
+
+What the optimized step shares (it gives the pass-by-pass reference's losses and parameters, see
+``softintrovae.reference``):
+
+- x_r = D(z) and x_f = D(z_p) are decoded once and serve both phases: the decoder's weights do
+  not change until the decoder phase's own update. Each phase back-propagates
+  only into its own network (``backward(inputs=...)``), so gradients still flow *through* the
+  frozen network, as in the paper, but never accumulate into it.
+- Reconstructions and prior samples go through the encoder and decoder as one batch of 2B.
+- The logged losses are the ones the update computed; no pass runs only for logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import MethodConfig
+from .objectives import (
+    expected_exp_elbo,
+    introvae_decoder_loss,
+    introvae_encoder_loss,
+    kl_to_standard_normal,
+    negative_elbo,
+    reconstruction_loss,
+    reparameterize,
+    soft_introvae_decoder_loss,
+    soft_introvae_encoder_loss,
+    vae_loss,
+)
+
+Losses = dict[str, Tensor]
+
+
+def _reparameterize_per_kind(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Reparameterize a (2B, z) batch of [reconstructions; prior samples], drawing ε per kind in
+    Algorithm 2's order, so that the batched step consumes the random stream as the reference."""
+    eps = torch.cat([torch.randn_like(half) for half in mu.chunk(2)])
+    return reparameterize(mu, logvar, eps)
+
+
+def _means_per_kind(per_sample: Tensor) -> list[Tensor]:
+    """Batch means of the reconstructions' and the prior samples' halves of a (2B,) tensor."""
+    return [half.mean() for half in per_sample.chunk(2)]
+
+
+def _update(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params, retain_graph=retain_graph)
+    optimizer.step()
+
+
+@dataclass
+class EncoderPhaseResult:
+    """What the decoder phase reuses from the encoder phase."""
+
+    decoded: Tensor  # (2B, ...) = [D(z); D(z_p)], with its graph to the decoder's weights
+    rec: Tensor  # batch-mean L_rec(x, D(z)), with its graph
+    losses: Losses
+
+
+class Method:
+    """Base class: holds the networks, their optimizers and the mixed-precision context."""
+
+    name = "base"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        optimizer_encoder: torch.optim.Optimizer,
+        optimizer_decoder: torch.optim.Optimizer,
+        config: MethodConfig,
+        scale: float,
+        z_dim: int,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ):
+        self.encoder, self.decoder = encoder, decoder
+        self.optimizer_encoder, self.optimizer_decoder = optimizer_encoder, optimizer_decoder
+        self.config, self.scale, self.z_dim = config, scale, z_dim
+        self.autocast = autocast
+        self.encoder_params = [p for p in encoder.parameters() if p.requires_grad]
+        self.decoder_params = [p for p in decoder.parameters() if p.requires_grad]
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(x)
+        return mu.float(), logvar.float()
+
+    def in_warmup(self, step: int) -> bool:
+        return False
+
+    def step(self, x: Tensor, step: int) -> Losses:
+        """One update on batch x at training step ``step`` (0-based); returns detached losses."""
+        losses = self.vae_update(x) if self.in_warmup(step) else self.update(x)
+        return {k: v.detach() for k, v in losses.items()}
+
+    def update(self, x: Tensor) -> Losses:
+        raise NotImplementedError
+
+    def vae_update(self, x: Tensor) -> Losses:
+        """A β-VAE update of both networks on one joint loss (also the introspective warm-up)."""
+        cfg = self.config
+        with self.autocast():
+            mu, logvar = self.encode(x)
+            x_r = self.decoder(reparameterize(mu, logvar))
+        rec = reconstruction_loss(x, x_r, cfg.reconstruction)
+        kl = kl_to_standard_normal(mu, logvar)
+        loss = vae_loss(rec, kl, cfg.beta_rec, cfg.beta_kl)
+        self.optimizer_encoder.zero_grad(set_to_none=True)
+        self.optimizer_decoder.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer_encoder.step()
+        self.optimizer_decoder.step()
+        return {"loss": loss, "rec": rec, "kl": kl}
+
+
+class VAE(Method):
+    name = "vae"
+
+    def update(self, x: Tensor) -> Losses:
+        return self.vae_update(x)
+
+
+class IntrospectiveMethod(Method):
+    """Encoder phase, then decoder phase (SPEC §2), after a VAE warm-up."""
+
+    def in_warmup(self, step: int) -> bool:
+        return step < self.config.vae_warmup_steps
+
+    def update(self, x: Tensor) -> Losses:
+        result = self.encoder_phase(x)
+        return {**result.losses, **self.decoder_phase(result)}
+
+    def encode_and_decode_real_and_prior(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """μ, log σ² of x, and [D(z); D(z_p)]; z_p ~ N(0, I) is drawn before z, as in Algorithm 2.
+
+        The two decodes stay separate calls: batched, the encoder phase's backward would also
+        compute an input gradient for the prior half, which leads to no encoder weight.
+        """
+        z_prior = torch.randn(x.shape[0], self.z_dim, device=x.device)
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar)
+        decoded = torch.cat([self.decoder(z), self.decoder(z_prior)])
+        return mu, logvar, decoded
+
+    def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
+        raise NotImplementedError
+
+    def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
+        raise NotImplementedError
+
+
+class SoftIntroVAE(IntrospectiveMethod):
+    """Soft-IntroVAE (Eq. 7, Algorithm 2) with reconstructions and prior samples as negatives."""
+
+    name = "soft-introvae"
+
+    def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
+        cfg = self.config
+        with self.autocast():
+            mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)  # decoded: [x_r; x_f]
+            mu_n, logvar_n = self.encode(decoded.detach())
+            decoded_n = self.decoder(_reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
+        rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
+        kl = kl_to_standard_normal(mu, logvar)
+        # The official image trainer leaves the target x_r attached, so encoder gradient also flows
+        # through x_r = D(z) into z; detach_negative_target=True is the official 3D trainer's choice.
+        target = decoded.detach() if cfg.detach_negative_target else decoded
+        neg_elbo = negative_elbo(target, decoded_n, mu_n, logvar_n, cfg.beta_rec, cfg.beta_neg, cfg.reconstruction)
+        neg_elbo_rec, neg_elbo_fake = neg_elbo.chunk(2)
+        loss = soft_introvae_encoder_loss(
+            rec, kl, [neg_elbo_rec, neg_elbo_fake], beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, scale=self.scale
+        )
+        _update(self.optimizer_encoder, loss, self.encoder_params, retain_graph=True)
+        losses = {
+            "loss_encoder": loss,
+            "rec": rec,
+            "kl": kl,
+            "exp_elbo_rec": expected_exp_elbo(neg_elbo_rec, self.scale),
+            "exp_elbo_fake": expected_exp_elbo(neg_elbo_fake, self.scale),
+        }
+        return EncoderPhaseResult(decoded, rec, losses)
+
+    def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
+        cfg = self.config
+        with self.autocast():
+            mu_n, logvar_n = self.encode(result.decoded)  # the updated encoder
+            decoded_n = self.decoder(_reparameterize_per_kind(mu_n, logvar_n).detach())
+        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
+        rec_n = reconstruction_loss(result.decoded.detach(), decoded_n, cfg.reconstruction, reduction="none")
+        loss = soft_introvae_decoder_loss(
+            result.rec,
+            [kl_rec, kl_fake],
+            _means_per_kind(rec_n),
+            beta_rec=cfg.beta_rec,
+            beta_kl=cfg.beta_kl,
+            gamma_r=cfg.gamma_r,
+            scale=self.scale,
+        )
+        _update(self.optimizer_decoder, loss, self.decoder_params)
+        return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
+
+
+class IntroVAE(IntrospectiveMethod):
+    """IntroVAE with a hard margin m (Appendix 9.1.1); negatives as in Soft-IntroVAE (x_r and x_f)."""
+
+    name = "introvae"
+
+    def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
+        cfg = self.config
+        with self.autocast():
+            mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)
+            mu_n, logvar_n = self.encode(decoded.detach())
+        rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
+        kl = kl_to_standard_normal(mu, logvar)
+        kl_negatives = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
+        loss = introvae_encoder_loss(
+            rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg, margin=cfg.margin
+        )
+        _update(self.optimizer_encoder, loss, self.encoder_params, retain_graph=True)
+        return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl})
+
+    def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
+        cfg = self.config
+        with self.autocast():
+            mu_n, logvar_n = self.encode(result.decoded)
+        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
+        loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=cfg.beta_neg)
+        _update(self.optimizer_decoder, loss, self.decoder_params)
+        return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
+
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (VAE, IntroVAE, SoftIntroVAE)}
+
+
+def build_method(config: MethodConfig, encoder: nn.Module, decoder: nn.Module, optimizers, scale: float, z_dim: int, autocast=nullcontext) -> Method:
+    """The method named by ``config.name`` around the given networks and (encoder, decoder) optimizers."""
+    optimizer_encoder, optimizer_decoder = optimizers
+    return METHODS[config.name](encoder, decoder, optimizer_encoder, optimizer_decoder, config, scale, z_dim, autocast)

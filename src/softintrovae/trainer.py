@@ -1,0 +1,270 @@
+"""The training loop, shared by every method, architecture and dataset.
+
+It knows nothing of a particular method: it feeds batches to ``Method.step``, steps the learning
+rate schedules, logs, evaluates, checkpoints, and resumes exactly where a checkpoint left off
+(model, both optimizers, both schedulers, random state, step; data batches depend only on the
+step). A non-finite loss stops training without writing a checkpoint, so the last good one stays.
+SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import Config, apply_overrides, config_from_dict, load_config
+from .data import build_data
+from .errors import TrainingDiverged, UserError
+from .evaluation import build_evaluator
+from .methods import build_method
+from .models import build_models
+from .rundir import RunDir, atomic_write_text, load_checkpoint
+
+import yaml
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device is {name!r} but CUDA is not available on this machine (use auto or cpu)")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A context-manager factory: bf16 autocast for ``bf16-mixed``, nothing for ``fp32``."""
+    if precision == "bf16-mixed":
+        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+@contextmanager
+def _stop_on_signals(flag: dict[str, bool]):
+    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    def __init__(self, config: Config, run: RunDir):
+        self.config, self.run = config, run
+        self.device = resolve_device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        self.data = build_data(config)
+        encoder, decoder = build_models(config.model, self.data.input_shape)
+        self.encoder, self.decoder = encoder.to(self.device), decoder.to(self.device)
+        optim = config.optim
+        self.optimizers = (
+            torch.optim.Adam(self.encoder.parameters(), lr=optim.lr_encoder),
+            torch.optim.Adam(self.decoder.parameters(), lr=optim.lr_decoder),
+        )
+        self.schedulers = [
+            torch.optim.lr_scheduler.MultiStepLR(o, milestones=optim.milestones, gamma=optim.lr_gamma)
+            for o in self.optimizers
+        ]
+        scale = config.method.scale or 1.0 / math.prod(self.data.input_shape)
+        self.method = build_method(
+            config.method,
+            self.encoder,
+            self.decoder,
+            self.optimizers,
+            scale,
+            config.model.z_dim,
+            autocast_for(self.device, config.train.precision),
+        )
+        self.evaluator = build_evaluator(config, self.data)
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "step": self.step,
+            "encoder": self.encoder.state_dict(),
+            "decoder": self.decoder.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "rng": rng,
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.decoder.load_state_dict(state["decoder"])
+        for obj, s in zip((*self.optimizers, *self.schedulers), (*state["optimizers"], *state["schedulers"])):
+            obj.load_state_dict(s)
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        self.last_checkpoint = self.run.save_checkpoint(self.step, self.state_dict(), self.config.train.keep_checkpoints)
+        return self.last_checkpoint
+
+    @classmethod
+    def resume(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Trainer":
+        """Reopen a run directory and continue from its latest checkpoint.
+
+        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer).
+        """
+        run = RunDir.open(path)
+        config = run.load_config()
+        if overrides:
+            bad = [k for k in overrides if not k.startswith("train.")]
+            if bad:
+                raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
+            config = config_from_dict(apply_overrides(config.to_dict(), overrides))
+            atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        trainer = cls(config, run)
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is not None:
+            trainer.load_state_dict(load_checkpoint(checkpoint))
+            trainer.last_checkpoint = checkpoint
+            run.truncate_log(trainer.step)
+        return trainer
+
+    # ---- loop --------------------------------------------------------------------------------
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        values = torch.stack(list(losses.values()))
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = ", ".join(f"{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v)))
+        kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"non-finite loss at step {step} ({bad}); training stopped and {kept} "
+            "(often an unbounded log-variance: try a lower learning rate or beta_neg)"
+        )
+
+    def _evaluate(self, final: bool) -> dict[str, float]:
+        started = time.perf_counter()
+        metrics = self.evaluator(self.encoder, self.decoder, self.run.path, self.step, final)
+        kind = "final" if final else "eval"
+        self.run.log({"step": self.step, "kind": kind, **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
+        return metrics
+
+    def fit(self) -> dict[str, float]:
+        """Train to ``train.steps``, then run the final evaluation; returns its metrics."""
+        cfg = self.config.train
+        flag = {"stop": False}
+        progress = tqdm(
+            total=cfg.steps, initial=self.step, desc=self.config.name, disable=not cfg.progress, dynamic_ncols=True, smoothing=0.05
+        )
+        batches = self.data.batches(self.step)
+        with _stop_on_signals(flag), progress:
+            while self.step < cfg.steps:
+                x = next(batches).to(self.device, non_blocking=True)
+                losses = self.method.step(x, self.step)
+                self._check_finite(losses, self.step)
+                for scheduler in self.schedulers:
+                    scheduler.step()
+                self.step += 1
+                progress.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record = {k: round(float(v), 6) for k, v in losses.items()}
+                    self.run.log({"step": self.step, "kind": "train", "lr": self.schedulers[0].get_last_lr()[0], **record})
+                    progress.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self._evaluate(final=False)
+                if flag["stop"] and self.step < cfg.steps:
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(
+                        f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {self.run.path}"
+                    )
+        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}.pt"):
+            self.save_checkpoint()
+        metrics = self._evaluate(final=True)
+        self.run.write_final_metrics({"step": self.step, **metrics})
+        return metrics
+
+
+# ---- the Python API ----------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, float]
+
+
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    config: Config | str | Path | dict,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+    argv: list[str] | None = None,
+) -> RunResult:
+    """Train a preset, config file, dict or Config into a new run directory; returns its final metrics."""
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    elif overrides:
+        config = load_config(config.to_dict(), overrides)
+    run = RunDir.create(out or default_run_dir(config.name), config)
+    run.record_command(argv or ["python-api", "train", config.name])
+    trainer = Trainer(config, run)
+    return RunResult(run.path, trainer.fit())
+
+
+def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None, argv: list[str] | None = None) -> RunResult:
+    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``)."""
+    if isinstance(overrides, list):
+        from .config import parse_override
+
+        overrides = dict(parse_override(o) for o in overrides)
+    trainer = Trainer.resume(path, overrides)
+    trainer.run.record_command(argv or ["python-api", "resume", str(path)])
+    return RunResult(trainer.run.path, trainer.fit())
+
+
+def evaluate(path: str | Path, argv: list[str] | None = None) -> RunResult:
+    """Re-run the final evaluation of a run's latest checkpoint (metrics.json and plots)."""
+    run = RunDir.open(path)
+    config = run.load_config()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise UserError(f"run directory {str(run.path)!r} has no checkpoint to evaluate")
+    trainer = Trainer(config, run)
+    trainer.load_state_dict(load_checkpoint(checkpoint))
+    run.record_command(argv or ["python-api", "evaluate", str(path)])
+    metrics = trainer._evaluate(final=True)
+    run.write_final_metrics({"step": trainer.step, **metrics})
+    return RunResult(run.path, metrics)
