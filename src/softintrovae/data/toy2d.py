@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -87,8 +88,9 @@ class Toy2DStream:
         return self.spec.sample(n, generator)
 
     def batch(self, step: int) -> Tensor:
-        g = torch.Generator().manual_seed((self.seed << 32) + step)
-        return self.sample(self.batch_size, g)
+        # torch's CPU generator keeps 32 bits of a seed: mix (seed, step) into them
+        key = int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0])
+        return self.sample(self.batch_size, torch.Generator().manual_seed(key))
 
     def batches(self, start_step: int = 0) -> Iterator[Tensor]:
         step = start_step

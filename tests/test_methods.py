@@ -1,0 +1,149 @@
+"""The optimized training step against the pass-by-pass reference, and gradient routing."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from softintrovae.config import MethodConfig
+from softintrovae.data import Toy2DStream
+from softintrovae.methods import IntroVAE, SoftIntroVAE, VAE
+from softintrovae.models import MLPDecoder, MLPEncoder
+from softintrovae.objectives import introvae_decoder_loss, introvae_encoder_loss, kl_to_standard_normal, reconstruction_loss, reparameterize
+from softintrovae.reference import reference_soft_introvae_step, reference_vae_step
+
+HP = dict(beta_rec=0.2, beta_kl=0.3, beta_neg=0.9)
+
+
+def make_pair(seed=0, hidden=64):
+    torch.manual_seed(seed)
+    encoder, decoder = MLPEncoder(hidden_dim=hidden), MLPDecoder(hidden_dim=hidden)
+    opts = (torch.optim.Adam(encoder.parameters(), 2e-4), torch.optim.Adam(decoder.parameters(), 2e-4))
+    return encoder, decoder, opts
+
+
+def clone(encoder, decoder, opts):
+    e2, d2 = copy.deepcopy(encoder), copy.deepcopy(decoder)
+    o2 = (torch.optim.Adam(e2.parameters(), 2e-4), torch.optim.Adam(d2.parameters(), 2e-4))
+    o2[0].load_state_dict(opts[0].state_dict())
+    o2[1].load_state_dict(opts[1].state_dict())
+    return e2, d2, o2
+
+
+def params(*modules):
+    return torch.cat([p.detach().flatten() for m in modules for p in m.parameters()])
+
+
+def batches(n, batch_size=128):
+    data = Toy2DStream("8gaussians", batch_size)
+    return [data.batch(i) for i in range(n)]
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_optimized_soft_introvae_step_equals_reference(detach):
+    encoder, decoder, opts = make_pair()
+    ref_e, ref_d, ref_opts = clone(encoder, decoder, opts)
+    config = MethodConfig(name="soft-introvae", vae_warmup_steps=0, detach_negative_target=detach, **HP)
+    method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+    for i, x in enumerate(batches(6)):
+        torch.manual_seed(100 + i)
+        ours = method.step(x, i)
+        torch.manual_seed(100 + i)
+        ref = reference_soft_introvae_step(
+            ref_e, ref_d, *ref_opts, x, z_dim=2, scale=0.5, detach_negative_target=detach, **HP
+        )
+        for key in ("loss_encoder", "loss_decoder", "rec", "kl", "kl_rec", "kl_fake"):
+            assert abs(ours[key].item() - ref[key].item()) <= 1e-6, key
+    assert (params(encoder, decoder) - params(ref_e, ref_d)).abs().max().item() <= 1e-6
+    assert not torch.equal(params(encoder), params(make_pair()[0]))  # training did move the weights
+
+
+def test_detaching_the_negative_target_changes_the_encoder_update():
+    results = []
+    for detach in (False, True):
+        encoder, decoder, opts = make_pair()
+        config = MethodConfig(vae_warmup_steps=0, detach_negative_target=detach, **HP)
+        torch.manual_seed(0)
+        SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2).encoder_phase(batches(1)[0])
+        results.append(torch.cat([p.grad.flatten() for p in encoder.parameters()]))
+    assert not torch.allclose(results[0], results[1])
+
+
+def test_warmup_step_equals_reference_vae_step():
+    encoder, decoder, opts = make_pair()
+    ref_e, ref_d, ref_opts = clone(encoder, decoder, opts)
+    method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(vae_warmup_steps=3, **HP), scale=0.5, z_dim=2)
+    for i, x in enumerate(batches(3)):
+        torch.manual_seed(i)
+        ours = method.step(x, i)
+        torch.manual_seed(i)
+        ref = reference_vae_step(ref_e, ref_d, *ref_opts, x, beta_rec=0.2, beta_kl=0.3)
+        assert ours["loss"].item() == pytest.approx(ref["loss"].item(), abs=1e-6)
+    assert torch.allclose(params(encoder, decoder), params(ref_e, ref_d), atol=1e-6)
+    assert "loss_encoder" in method.step(batches(4)[3], 3)  # warm-up over: introspective update
+
+
+@pytest.mark.parametrize("cls", [SoftIntroVAE, IntroVAE])
+def test_each_phase_updates_only_its_own_network(cls):
+    encoder, decoder, opts = make_pair()
+    method = cls(encoder, decoder, *opts, MethodConfig(name=cls.name, vae_warmup_steps=0, **HP), scale=0.5, z_dim=2)
+    x = batches(1)[0]
+    enc0, dec0 = params(encoder), params(decoder)
+    result = method.encoder_phase(x)
+    assert all(p.grad is None for p in decoder.parameters()), "encoder phase accumulated decoder gradients"
+    assert torch.equal(params(decoder), dec0)
+    enc1 = params(encoder)
+    assert not torch.equal(enc1, enc0)
+    encoder_grads = [p.grad.clone() for p in encoder.parameters()]
+    method.decoder_phase(result)
+    assert torch.equal(params(encoder), enc1)
+    assert all(torch.equal(p.grad, g) for p, g in zip(encoder.parameters(), encoder_grads))
+    assert not torch.equal(params(decoder), dec0)
+
+
+def test_introvae_step_equals_pass_by_pass_formula():
+    """IntroVAE's batched step against Appendix 9.1.1 written out call by call."""
+    encoder, decoder, opts = make_pair()
+    ref_e, ref_d, (ref_oe, ref_od) = clone(encoder, decoder, opts)
+    config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, **HP)
+    method = IntroVAE(encoder, decoder, *opts, config, scale=1.0, z_dim=2)
+    for i, x in enumerate(batches(3)):
+        torch.manual_seed(i)
+        ours = method.step(x, i)
+        torch.manual_seed(i)
+        z_prior = torch.randn(x.shape[0], 2)
+        mu, logvar = ref_e(x)
+        x_r = ref_d(reparameterize(mu, logvar))
+        x_f = ref_d(z_prior)
+        rec = reconstruction_loss(x, x_r)
+        kls = [kl_to_standard_normal(*ref_e(v.detach())) for v in (x_r, x_f)]
+        loss_e = introvae_encoder_loss(rec, kl_to_standard_normal(mu, logvar), kls, beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, margin=2.0)
+        ref_oe.zero_grad()
+        loss_e.backward(inputs=list(ref_e.parameters()), retain_graph=True)
+        ref_oe.step()
+        kls = [kl_to_standard_normal(*ref_e(v)) for v in (x_r, x_f)]
+        loss_d = introvae_decoder_loss(rec, kls, beta_rec=0.2, beta_neg=0.9)
+        ref_od.zero_grad()
+        loss_d.backward(inputs=list(ref_d.parameters()))
+        ref_od.step()
+        assert ours["loss_encoder"].item() == pytest.approx(loss_e.item(), abs=1e-6)
+        assert ours["loss_decoder"].item() == pytest.approx(loss_d.item(), abs=1e-6)
+    assert torch.allclose(params(encoder, decoder), params(ref_e, ref_d), atol=1e-6)
+
+
+def test_vae_method_updates_both_networks_jointly():
+    encoder, decoder, opts = make_pair()
+    enc0, dec0 = params(encoder), params(decoder)
+    losses = VAE(encoder, decoder, *opts, MethodConfig(name="vae", **HP), scale=0.5, z_dim=2).step(batches(1)[0], 10_000)
+    assert set(losses) == {"loss", "rec", "kl"}
+    assert not torch.equal(params(encoder), enc0) and not torch.equal(params(decoder), dec0)
+
+
+def test_bf16_autocast_step_runs_and_returns_fp32_losses():
+    encoder, decoder, opts = make_pair(hidden=16)
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(vae_warmup_steps=0, **HP), scale=0.5, z_dim=2, autocast=autocast)
+    losses = method.step(batches(1, batch_size=32)[0], 0)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
