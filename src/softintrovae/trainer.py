@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
-from .config import Config, apply_overrides, config_from_dict, load_config
+from .config import Config, apply_overrides, config_from_dict, load_config, parse_override
 from .data import build_data
 from .errors import TrainingDiverged, UserError
 from .evaluation import build_evaluator
 from .methods import build_method
 from .models import build_models
 from .rundir import RunDir, atomic_write_text, load_checkpoint
-
-import yaml
 
 
 class TrainingInterrupted(Exception):
@@ -247,8 +246,6 @@ def train(
 def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None, argv: list[str] | None = None) -> RunResult:
     """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``)."""
     if isinstance(overrides, list):
-        from .config import parse_override
-
         overrides = dict(parse_override(o) for o in overrides)
     trainer = Trainer.resume(path, overrides)
     trainer.run.record_command(argv or ["python-api", "resume", str(path)])
