@@ -71,6 +71,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .sweep import parse_grid, sweep
+
+    grid = parse_grid(args.grid)
+    out = args.out or default_run_dir(f"sweep-{Path(args.config).stem}")
+    print(f"sweep of {args.config} into {out} ...")
+    table = sweep(args.config, grid, out, seeds=args.seeds, workers=args.workers, overrides=_overrides(args.set))
+    print(f"{len(table)} configurations; results: {Path(out) / 'results.md'}, {Path(out) / 'results.csv'}")
+    return 0
+
+
 def cmd_presets(args) -> int:
     presets = load_presets()
     width = max(map(len, presets))
@@ -99,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory to create (default: runs/demo-TIMESTAMP)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sweep", help="train the Cartesian product of grids x seeds; skips finished runs, resumes unfinished ones")
+    p.add_argument("config", help="preset name or config .yaml")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to sweep for one key")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (train.seed and data.seed)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes, one torch thread each")
+    p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)

@@ -7,6 +7,7 @@ under ``softintrovae/presets``; a user config file has the same shape.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -224,6 +225,9 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``section.key=value`` with a YAML-typed value (``1e-4``, ``true``, ``[1, 2]``)."""
     key, sep, raw = text.partition("=")
@@ -233,6 +237,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         raise UserError(f"override {text!r} has a value that is not valid YAML") from None
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
     return key.strip(), value
 
 

@@ -1,0 +1,61 @@
+"""Sweeps: aggregation on known inputs, skip/resume after an interruption, bad grid syntax."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from softintrovae.cli import main
+from softintrovae.errors import UserError
+from softintrovae.sweep import aggregate, best_per_metric, parse_grid, sweep
+
+from .conftest import TINY
+
+
+def test_parse_grid_types_values_and_rejects_bad_syntax():
+    assert parse_grid(["method.beta_kl=0.1,1e-2", "train.steps=5"]) == {"method.beta_kl": [0.1, 0.01], "train.steps": [5]}
+    for bad in ("method.beta_kl", "method.beta_kl=", "=1,2", "method.beta_kl=0.1,,0.2"):
+        with pytest.raises(UserError, match="must look like section.key=value1,value2"):
+            parse_grid([bad])
+
+
+def test_aggregate_mean_std_and_best_on_known_inputs():
+    rows = [
+        ({"m": 1}, {"step": 3, "kl": 1.0, "jsd": 4.0}),
+        ({"m": 1}, {"step": 3, "kl": 3.0, "jsd": 4.0}),
+        ({"m": 2}, {"step": 3, "kl": 0.5, "jsd": 6.0}),
+    ]
+    table = aggregate(rows)
+    assert table[0] == {"m": 1, "runs": 2, "kl_mean": 2.0, "kl_std": pytest.approx(2**0.5), "jsd_mean": 4.0, "jsd_std": 0.0}
+    assert table[1]["runs"] == 1 and table[1]["kl_std"] == 0.0
+    assert best_per_metric(table, ["m"]) == {"kl": "m=2", "jsd": "m=1"}
+
+
+def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
+    grid = {"method.beta_neg": [0.5, 1.0]}
+    base = {**TINY, "train.steps": 8, "train.checkpoint_every": 4, "method.vae_warmup_steps": 2}
+    table = sweep("soft-introvae-8gaussians", grid, tmp_path, seeds=2, overrides=base)
+    assert [row["runs"] for row in table] == [2, 2]
+    finished = tmp_path / "method.beta_neg=0.5" / "seed0"
+    unfinished = tmp_path / "method.beta_neg=1.0" / "seed1"
+    # simulate a crash after the step-4 checkpoint of one run: later checkpoint and final metrics lost
+    (unfinished / "checkpoints" / "step_0000008.pt").unlink()
+    (unfinished / "metrics.json").unlink()
+    before = (finished / "metrics.json").stat().st_mtime_ns
+    again = sweep("soft-introvae-8gaussians", grid, tmp_path, seeds=2, overrides=base)
+    assert (finished / "metrics.json").stat().st_mtime_ns == before  # skipped, not retrained
+    assert json.loads((unfinished / "metrics.json").read_text())["step"] == 8
+    assert "(resumed)" in (unfinished / "command.txt").read_text()
+    for row, row_again in zip(table, again):  # resuming reproduces the uninterrupted result
+        assert row_again == pytest.approx(row)
+    assert "Best (lowest mean) per metric" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,kl_mean")
+
+
+def test_sweep_cli_bad_grid_is_one_line(tmp_path, capsys):
+    code = main(["sweep", "vae-8gaussians", "--grid", "method.beta_kl:0.1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "must look like" in err[0]
+    code = main(["sweep", "vae-8gaussians", "--grid", "method.nope=1,2", "--out", str(tmp_path / "x")])
+    assert code == 2 and "unknown config key 'method.nope'" in capsys.readouterr().err
