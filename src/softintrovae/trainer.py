@@ -103,6 +103,7 @@ class Trainer:
         self.evaluator = build_evaluator(config, self.data)
         self.step = 0
         self.last_checkpoint: Path | None = None
+        self.checkpoint_step = -1
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         self.last_checkpoint = self.run.save_checkpoint(self.step, self.state_dict(), self.config.train.keep_checkpoints)
+        self.checkpoint_step = self.step
         return self.last_checkpoint
 
     @classmethod
@@ -152,7 +154,7 @@ class Trainer:
         checkpoint = run.latest_checkpoint()
         if checkpoint is not None:
             trainer.load_state_dict(load_checkpoint(checkpoint))
-            trainer.last_checkpoint = checkpoint
+            trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
             run.truncate_log(trainer.step)
         return trainer
 
@@ -169,7 +171,7 @@ class Trainer:
             "(often an unbounded log-variance: try a lower learning rate or beta_neg)"
         )
 
-    def _evaluate(self, final: bool) -> dict[str, float]:
+    def evaluate(self, final: bool) -> dict[str, float]:
         started = time.perf_counter()
         metrics = self.evaluator(self.encoder, self.decoder, self.run.path, self.step, final)
         kind = "final" if final else "eval"
@@ -200,15 +202,15 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    self._evaluate(final=False)
+                    self.evaluate(final=False)
                 if flag["stop"] and self.step < cfg.steps:
                     self.save_checkpoint()
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {self.run.path}"
                     )
-        if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}.pt"):
+        if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
             self.save_checkpoint()
-        metrics = self._evaluate(final=True)
+        metrics = self.evaluate(final=True)
         self.run.write_final_metrics({"step": self.step, **metrics})
         return metrics
 
@@ -262,6 +264,6 @@ def evaluate(path: str | Path, argv: list[str] | None = None) -> RunResult:
     trainer = Trainer(config, run)
     trainer.load_state_dict(load_checkpoint(checkpoint))
     run.record_command(argv or ["python-api", "evaluate", str(path)])
-    metrics = trainer._evaluate(final=True)
+    metrics = trainer.evaluate(final=True)
     run.write_final_metrics({"step": trainer.step, **metrics})
     return RunResult(run.path, metrics)
