@@ -8,7 +8,7 @@ import pytest
 
 from softintrovae.cli import main
 from softintrovae.errors import UserError
-from softintrovae.sweep import aggregate, best_per_metric, parse_grid, sweep
+from softintrovae.sweep import PAPER_BETAS, aggregate, best_per_metric, expand_grid, paper_grid, parse_grid, sweep
 
 from .conftest import TINY
 
@@ -18,6 +18,34 @@ def test_parse_grid_types_values_and_rejects_bad_syntax():
     for bad in ("method.beta_kl", "method.beta_kl=", "=1,2", "method.beta_kl=0.1,,0.2"):
         with pytest.raises(UserError, match="must look like section.key=value1,value2"):
             parse_grid([bad])
+
+
+def test_paper_grid_follows_the_papers_ranges_with_beta_neg_tied_to_beta_kl():
+    vae, soft, intro = paper_grid("vae"), paper_grid("soft-introvae"), paper_grid("introvae")
+    assert len(vae) == 81  # the paper's VAE run count: 9 x 9
+    for configuration in soft + intro:
+        beta_kl, beta_neg = configuration["method.beta_kl"], configuration["method.beta_neg"]
+        assert beta_kl <= beta_neg <= 5 * beta_kl + 1e-9
+    assert {c["method.beta_rec"] for c in soft} == set(PAPER_BETAS) and min(PAPER_BETAS) == 0.05 and max(PAPER_BETAS) == 1.0
+    assert {c["method.margin"] for c in intro} <= set(map(float, range(1, 11))) and len(intro) == 6 * len(soft)
+    assert all("method.margin" not in c for c in soft)
+
+
+def test_expand_grid_crosses_named_and_key_grids():
+    grid = expand_grid(["paper", "train.steps=5,6"], "vae")
+    assert len(grid) == 162 and grid[0] == {"method.beta_rec": 0.05, "method.beta_kl": 0.05, "train.steps": 5}
+    assert expand_grid(["method.margin=1,2", "method.beta_kl=0.5"], "introvae") == [
+        {"method.margin": 1, "method.beta_kl": 0.5},
+        {"method.margin": 2, "method.beta_kl": 0.5},
+    ]
+    with pytest.raises(UserError, match="named grid"):
+        expand_grid(["papers"], "vae")
+
+
+def test_aggregate_counts_diverged_runs_apart():
+    table = aggregate([({"m": 1}, {"step": 3, "kl": 1.0}), ({"m": 1}, None), ({"m": 2}, None)])
+    assert table[0] == {"m": 1, "runs": 1, "diverged": 1, "kl_mean": 1.0, "kl_std": 0.0}
+    assert table[1] == {"m": 2, "runs": 0, "diverged": 1}
 
 
 def test_aggregate_mean_std_and_best_on_known_inputs():
@@ -50,7 +78,7 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
     for row, row_again in zip(table, again):  # resuming reproduces the uninterrupted result
         assert row_again == pytest.approx(row)
     assert "Best (lowest mean) per metric" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,kl_mean")
+    assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,diverged,kl_mean")
 
 
 def test_sweep_cli_bad_grid_is_one_line(tmp_path, capsys):

@@ -72,12 +72,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import parse_grid, sweep
+    from .config import load_config
+    from .sweep import expand_grid, sweep
 
-    grid = parse_grid(args.grid)
+    overrides = _overrides(args.set)
+    grid = expand_grid(args.grid, load_config(args.config, overrides).method.name)
     out = args.out or default_run_dir(f"sweep-{Path(args.config).stem}")
-    print(f"sweep of {args.config} into {out} ...")
-    table = sweep(args.config, grid, out, seeds=args.seeds, workers=args.workers, overrides=_overrides(args.set))
+    print(f"sweep of {args.config}: {len(grid)} configurations x {args.seeds} seeds into {out} ...")
+    table = sweep(args.config, grid, out, seeds=args.seeds, workers=args.workers, overrides=overrides)
     print(f"{len(table)} configurations; results: {Path(out) / 'results.md'}, {Path(out) / 'results.csv'}")
     return 0
 
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="train the Cartesian product of grids x seeds; skips finished runs, resumes unfinished ones")
     p.add_argument("config", help="preset name or config .yaml")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to sweep for one key")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to sweep for one key, or a named grid: 'paper' (the paper's search ranges)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
     p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (train.seed and data.seed)")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes, one torch thread each")

@@ -1,8 +1,13 @@
-"""Hyper-parameter sweeps: the Cartesian product of grids × seeds, each a normal run directory.
+"""Hyper-parameter sweeps: a list of configurations × seeds, each run a normal run directory.
 
 Layout: ``SWEEP/<key=value,...>/seed<N>/`` per run, and ``results.csv`` / ``results.md`` with the
 mean ± std of every final metric per configuration. Re-running the same sweep skips finished runs
 and resumes unfinished ones from their last checkpoint, so nothing is recomputed after a crash.
+
+A grid is either ``key=v1,v2,...`` (crossed with the other grids) or a named grid such as
+``paper``: the search ranges of the paper's §9.2.1 for the preset's method, where β_neg's values
+depend on β_kl's (β_neg ∈ [β_kl, 5·β_kl]), so a grid is a list of configurations, not only a
+product of independent axes.
 """
 
 from __future__ import annotations
@@ -12,16 +17,45 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm import tqdm
 
 from .config import load_config, parse_override
-from .errors import UserError
+from .errors import TrainingDiverged, UserError
 from .rundir import RunDir, atomic_write_text
+
+Configuration = dict[str, Any]
+
+# Paper §9.2.1: β_rec, β_kl ∈ [0.05, 1]; β_neg ∈ [β_kl, 5·β_kl]; m ∈ [1, 10]. The paper gives the
+# ranges and the run counts (81 VAE runs = 9 × 9), not the grid points; these are ours.
+PAPER_BETAS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+PAPER_NEG_FACTORS = (1, 2, 3, 5)
+PAPER_MARGINS = (1, 2, 4, 6, 8, 10)
+
+
+def paper_grid(method: str) -> list[Configuration]:
+    """The paper's search ranges for ``method`` (vae, introvae or soft-introvae) as configurations."""
+    grid = []
+    for beta_rec, beta_kl in itertools.product(PAPER_BETAS, PAPER_BETAS):
+        base = {"method.beta_rec": beta_rec, "method.beta_kl": beta_kl}
+        if method == "vae":
+            grid.append(base)
+            continue
+        for factor in PAPER_NEG_FACTORS:
+            neg = {**base, "method.beta_neg": round(factor * beta_kl, 6)}
+            margins = PAPER_MARGINS if method == "introvae" else (None,)
+            grid += [neg if m is None else {**neg, "method.margin": float(m)} for m in margins]
+    return grid
+
+
+NAMED_GRIDS = {"paper": paper_grid}
 
 
 def parse_grid(texts: Sequence[str]) -> dict[str, list[Any]]:
@@ -31,57 +65,134 @@ def parse_grid(texts: Sequence[str]) -> dict[str, list[Any]]:
         key, sep, raw = text.partition("=")
         values = [v.strip() for v in raw.split(",")]
         if not sep or not key.strip() or not all(values):
-            raise UserError(f"grid {text!r} must look like section.key=value1,value2,...")
+            names = ", ".join(NAMED_GRIDS)
+            raise UserError(f"grid {text!r} must look like section.key=value1,value2,... or be a named grid ({names})")
         grid[key.strip()] = [parse_override(f"{key}={v}")[1] for v in values]
     return grid
 
 
-def run_name(overrides: dict[str, Any]) -> str:
+def expand_grid(texts: Sequence[str], method: str) -> list[Configuration]:
+    """Named grids and ``key=values`` grids → the list of configurations (their Cartesian product)."""
+    factors = [NAMED_GRIDS[t](method) for t in texts if t in NAMED_GRIDS]
+    axes = parse_grid([t for t in texts if t not in NAMED_GRIDS])
+    factors += [[{key: value} for value in values] for key, values in axes.items()]
+    return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*factors)]
+
+
+def as_configurations(grid: dict[str, list[Any]] | list[Configuration]) -> list[Configuration]:
+    if isinstance(grid, dict):
+        return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return [dict(c) for c in grid]
+
+
+def run_name(overrides: Configuration) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
 
 
-def _train_one(source: str, overrides: dict[str, Any], path: str) -> dict[str, float]:
-    """Train, resume or skip one run (in a worker process with one torch thread)."""
+# ---- running many runs -----------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One run: a preset or config, its overrides and its run directory."""
+
+    source: str
+    overrides: dict[str, Any]
+    path: Path
+    label: dict[str, Any] = field(default_factory=dict)
+
+
+def finished_metrics(path: str | Path) -> dict[str, float] | None:
+    """The final metrics of a run that reached its ``train.steps``, else None."""
+    run_dir = Path(path)
+    final = run_dir / "metrics.json"
+    if not (run_dir / "config.yaml").exists() or not final.exists():
+        return None
+    metrics = json.loads(final.read_text())
+    return metrics if metrics.get("step") == RunDir.open(run_dir).load_config().train.steps else None
+
+
+def _train_one(source: str, overrides: dict[str, Any], path: str) -> dict[str, float] | None:
+    """Train, resume or skip one run (in a worker process with one torch thread); None if it diverged."""
     import torch
 
     from .trainer import Trainer, train
 
     torch.set_num_threads(1)
     run_dir = Path(path)
-    final = run_dir / "metrics.json"
-    if (run_dir / "config.yaml").exists():
-        steps = RunDir.open(run_dir).load_config().train.steps
-        if final.exists() and json.loads(final.read_text()).get("step") == steps:
-            return json.loads(final.read_text())  # finished: skip
-        trainer = Trainer.resume(run_dir)
-        trainer.run.record_command(["softintrovae", "sweep", "(resumed)"])
-        metrics = trainer.fit()
-        return {"step": trainer.step, **metrics}
-    result = train(source, out=run_dir, overrides=overrides, argv=["softintrovae", "sweep", source])
-    return {"step": load_config(source, overrides).train.steps, **result.metrics}
+    try:
+        if (run_dir / "config.yaml").exists():
+            done = finished_metrics(run_dir)
+            if done is not None:
+                return done  # finished: skip
+            trainer = Trainer.resume(run_dir)
+            trainer.run.record_command(["softintrovae", "(resumed)", source])
+            metrics = trainer.fit()
+            return {"step": trainer.step, **metrics}
+        result = train(source, out=run_dir, overrides=overrides, argv=["softintrovae", "(batch)", source])
+        return {"step": load_config(source, overrides).train.steps, **result.metrics}
+    except TrainingDiverged as exc:
+        (run_dir / "diverged.txt").write_text(str(exc) + "\n")
+        return None
 
 
-def plan(source: str, grid: dict[str, list[Any]], seeds: int, base_overrides: dict[str, Any]) -> list[tuple[dict, int, dict]]:
-    """(configuration, seed, full overrides) for every run; validates every configuration up front."""
-    runs = []
-    for values in itertools.product(*grid.values()):
-        configuration = dict(zip(grid, values))
+def default_workers(jobs: int) -> int:
+    return max(1, min(jobs, os.cpu_count() or 1))
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict[str, float] | None]:
+    """Train every job in ``workers`` processes (one torch thread each); metrics per job, None if diverged."""
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    results: list[dict[str, float] | None] = [None] * len(jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=context) as pool, tqdm(
+        total=len(jobs), desc=desc, unit="run", dynamic_ncols=True
+    ) as progress:
+        futures = {pool.submit(_train_one, j.source, j.overrides, str(j.path)): i for i, j in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = future.result()
+            progress.update(1)
+            shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k != "step"][:3]
+            outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
+            progress.write(f"{jobs[i].path}: {outcome}")
+    return results
+
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+
+def plan(source: str, configurations: list[Configuration], seeds: int, base_overrides: dict[str, Any], out: Path) -> list[Job]:
+    """One job per configuration and seed; validates every configuration up front."""
+    jobs = []
+    for configuration in configurations:
         for seed in range(seeds):
             overrides = {**base_overrides, **configuration, "train.seed": seed, "data.seed": seed, "train.progress": False}
             load_config(source, overrides)  # one clear line for a bad key or value, before any work
-            runs.append((configuration, seed, overrides))
-    return runs
+            jobs.append(Job(source, overrides, out / run_name(configuration) / f"seed{seed}", configuration))
+    return jobs
 
 
-def aggregate(rows: list[tuple[dict[str, Any], dict[str, float]]]) -> list[dict[str, Any]]:
-    """Mean and (sample) std of each metric per configuration, in first-seen order."""
-    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {}
+def aggregate(rows: list[tuple[dict[str, Any], dict[str, float] | None]]) -> list[dict[str, Any]]:
+    """Mean and (sample) std of each metric per configuration, in first-seen order.
+
+    A ``None`` result (a diverged run) counts in ``diverged`` and not in the statistics.
+    """
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]], int]] = {}
     for configuration, metrics in rows:
-        groups.setdefault(run_name(configuration), (configuration, []))[1].append(metrics)
+        configuration_, results, diverged = groups.get(run_name(configuration), (configuration, [], 0))
+        if metrics is None:
+            diverged += 1
+        else:
+            results.append(metrics)
+        groups[run_name(configuration)] = (configuration_, results, diverged)
     table = []
-    for configuration, results in groups.values():
+    for configuration, results, diverged in groups.values():
         row: dict[str, Any] = {**configuration, "runs": len(results)}
-        for metric in [k for k in results[0] if k != "step"]:
+        if diverged:
+            row["diverged"] = diverged
+        for metric in [k for k in (results[0] if results else {}) if k != "step"]:
             values = [r[metric] for r in results]
             mean = sum(values) / len(values)
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
@@ -90,23 +201,33 @@ def aggregate(rows: list[tuple[dict[str, Any], dict[str, float]]]) -> list[dict[
     return table
 
 
+def _metric_names(table: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for row in table:
+        names += [k[: -len("_mean")] for k in row if k.endswith("_mean") and k[: -len("_mean")] not in names]
+    return names
+
+
 def best_per_metric(table: list[dict[str, Any]], keys: list[str]) -> dict[str, str]:
     """Lower is better for every 2D metric."""
-    metrics = [k[: -len("_mean")] for k in table[0] if k.endswith("_mean")]
-    return {m: run_name({k: min(table, key=lambda r: r[f"{m}_mean"])[k] for k in keys}) for m in metrics}
+    best = {}
+    for m in _metric_names(table):
+        rows = [r for r in table if f"{m}_mean" in r]
+        best[m] = run_name({k: min(rows, key=lambda r: r[f"{m}_mean"]).get(k) for k in keys})
+    return best
 
 
 def write_results(out: Path, table: list[dict[str, Any]], keys: list[str]) -> None:
-    fields = list(table[0])
+    metrics = _metric_names(table)
+    fields = keys + ["runs", "diverged"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(table)
-    metrics = [k[: -len("_mean")] for k in fields if k.endswith("_mean")]
-    lines = ["| " + " | ".join(keys + ["runs"] + metrics) + " |", "|" + "---|" * (len(keys) + 1 + len(metrics))]
+        writer.writerows([{"diverged": 0, **row} for row in table])
+    lines = ["| " + " | ".join(keys + ["runs", "diverged"] + metrics) + " |", "|" + "---|" * (len(keys) + 2 + len(metrics))]
     for row in table:
-        cells = [str(row[k]) for k in keys] + [str(row["runs"])]
-        cells += [f"{row[f'{m}_mean']:.4g} ± {row[f'{m}_std']:.2g}" for m in metrics]
+        cells = [str(row.get(k, "")) for k in keys] + [str(row["runs"]), str(row.get("diverged", 0))]
+        cells += [f"{row[f'{m}_mean']:.4g} ± {row[f'{m}_std']:.2g}" if f"{m}_mean" in row else "–" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Best (lowest mean) per metric:", ""]
     lines += [f"- {m}: {cfg}" for m, cfg in best_per_metric(table, keys).items()]
@@ -115,30 +236,32 @@ def write_results(out: Path, table: list[dict[str, Any]], keys: list[str]) -> No
 
 def sweep(
     source: str,
-    grid: dict[str, list[Any]],
+    grid: dict[str, list[Any]] | list[Configuration],
     out: str | Path,
     seeds: int = 1,
     workers: int = 1,
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) a sweep into ``out``; returns the aggregated table."""
+    """Run (or finish) a sweep into ``out``; returns the aggregated table.
+
+    ``grid`` is ``{key: [values]}`` (their Cartesian product) or a list of configurations.
+    """
     if seeds < 1 or workers < 1:
         raise UserError(f"--seeds and --workers must be >= 1, got {seeds} and {workers}")
     out = Path(out)
-    runs = plan(source, grid, seeds, overrides or {})
+    configurations = as_configurations(grid)
+    jobs = plan(source, configurations, seeds, overrides or {}, out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = {"source": source, "grid": grid, "seeds": seeds, "overrides": overrides or {}}
+    spec = {"source": source, "configurations": configurations, "seeds": seeds, "overrides": overrides or {}}
     spec_path = out / "sweep.yaml"
     if spec_path.exists() and yaml.safe_load(spec_path.read_text()) != spec:
         raise UserError(f"{str(out)!r} holds a different sweep; use another --out")
     atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
-    paths = [str(out / run_name(c) / f"seed{s}") for c, s, _ in runs]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        results = list(pool.map(_train_one, [source] * len(runs), [o for _, _, o in runs], paths))
-    table = aggregate([(c, r) for (c, _, _), r in zip(runs, results)])
-    write_results(out, table, list(grid))
+    results = run_jobs(jobs, workers, desc=f"sweep {Path(source).stem}")
+    table = aggregate([(j.label, r) for j, r in zip(jobs, results)])
+    keys = list(dict.fromkeys(k for c in configurations for k in c))
+    write_results(out, table, keys)
     return table
 
 
-__all__ = ["aggregate", "best_per_metric", "parse_grid", "sweep"]
+__all__ = ["Job", "aggregate", "best_per_metric", "expand_grid", "finished_metrics", "paper_grid", "parse_grid", "run_jobs", "sweep"]
