@@ -84,6 +84,45 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _csv_list(text: str | None, cast=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{text!r} must be a comma-separated list of numbers") from None
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import DEFAULT_SEEDS, report_paths, reproduce
+
+    experiment = args.experiment
+    only = {"--datasets": (args.datasets, "table2"), "--methods": (args.methods, "table2"), "--margins": (args.margins, "stability")}
+    for flag, (value, allowed) in only.items():
+        if value is not None and experiment != allowed:
+            raise UserError(f"{flag} applies to 'reproduce {allowed}', not to 'reproduce {experiment}'")
+    out = Path(args.out or Path("runs") / "reproduce" / experiment)
+    kwargs = {
+        "out": out,
+        "seeds": DEFAULT_SEEDS[experiment] if args.seeds is None else args.seeds,
+        "iterations": args.iterations,
+        "workers": args.workers,
+        "overrides": _overrides(args.set),
+        "report_only": args.report_only,
+    }
+    if experiment == "table2":
+        kwargs.update(datasets=_csv_list(args.datasets), methods=_csv_list(args.methods))
+    if experiment == "stability":
+        kwargs["margins"] = _csv_list(args.margins, float)
+    action = "reporting" if args.report_only else f"{kwargs['seeds']} seeds x {args.iterations} iterations into"
+    print(f"reproduce {experiment}: {action} {out} ...")
+    reproduce(experiment, **kwargs)
+    for path in report_paths(experiment, out):
+        print(f"{path.suffix[1:]:>4}: {path}")
+    print((out / f"{'table2' if experiment == 'table2' else experiment}.md").read_text())
+    return 0
+
+
 def cmd_presets(args) -> int:
     presets = load_presets()
     width = max(map(len, presets))
@@ -121,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes, one torch thread each")
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="regenerate a result of the paper's 2D study: table2, stability or collapse")
+    p.add_argument("experiment", choices=["table2", "stability", "collapse"])
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: table2 5, stability 3, collapse 3)")
+    p.add_argument("--iterations", type=int, default=30000, help="training iterations per run (paper: 30000)")
+    p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings")
+    p.add_argument("--methods", help="table2: comma-separated subset of vae,introvae,soft-introvae")
+    p.add_argument("--margins", help="stability: comma-separated IntroVAE margins (default 1,2,...,10)")
+    p.add_argument("--workers", type=int, help="parallel runs, one torch thread each (default: CPU count)")
+    p.add_argument("--out", help="experiment directory (default: runs/reproduce/EXPERIMENT); reuse it to continue")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures from finished runs")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .config import Config
 from .data import Toy2DStream
 from .metrics import deterministic_negative_elbo, grid_normalized_elbo, histogram_metrics, square_grid
-from .plots import plot_density, plot_samples
+from .plots import normalized_density, plot_density, plot_samples
+from .rundir import atomic_write_bytes
 
 
 class eval_mode:
@@ -61,12 +63,37 @@ class Toy2DEvaluator:
                 metrics["gnelbo"] = grid_normalized_elbo(neg_elbo_data, neg_elbo_grid)
                 grid_image = neg_elbo_grid.reshape(cfg.grid_size, cfg.grid_size).cpu().numpy()
                 plot_density(grid_image, limit, out_dir / "density.png", f"{name}: exp(ELBO), step {step}")
+                save_final_arrays(out_dir, generated.numpy(), grid_image, limit)
                 samples_path = out_dir / "samples.png"
             else:
                 samples_path = out_dir / "plots" / f"samples_step{step:07d}.png"
             title = f"{name}, step {step}: KL {metrics['kl']:.3f}, JSD {metrics['jsd_official']:.3f}"
             plot_samples(real.numpy(), generated.numpy(), limit, samples_path, title)
         return metrics
+
+
+FINAL_ARRAYS = "final_eval.npz"
+
+
+def save_final_arrays(out_dir: Path, generated: np.ndarray, neg_elbo_grid: np.ndarray, limit: float, size: int = 128) -> Path:
+    """The final samples and a coarse exp(ELBO) density (``size``², summing to 1), for later figures."""
+    density = normalized_density(neg_elbo_grid)
+    if density.shape[0] % size == 0:  # sum blocks: still a density over the coarser grid
+        block = density.shape[0] // size
+        density = density.reshape(size, block, size, block).sum(axis=(1, 3))
+    path = out_dir / FINAL_ARRAYS
+    atomic_write_bytes(
+        path, lambda f: np.savez_compressed(f, generated=generated.astype(np.float32), density=density.astype(np.float32), limit=limit)
+    )
+    return path
+
+
+def load_final_arrays(run_dir: Path) -> dict[str, np.ndarray] | None:
+    path = Path(run_dir) / FINAL_ARRAYS
+    if not path.exists():
+        return None
+    with np.load(path) as arrays:
+        return {k: arrays[k] for k in arrays.files}
 
 
 def build_evaluator(config: Config, data: Toy2DStream) -> Toy2DEvaluator:

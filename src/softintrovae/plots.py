@@ -39,13 +39,100 @@ def plot_samples(real: np.ndarray, generated: np.ndarray, limit: float, path: Pa
     return _save(fig, path)
 
 
-def plot_density(neg_elbo_grid: np.ndarray, limit: float, path: Path, title: str = "") -> Path:
-    """exp(ELBO) on a square grid, normalised over the grid; ``neg_elbo_grid`` is (size, size), y-major."""
+def normalized_density(neg_elbo_grid: np.ndarray) -> np.ndarray:
+    """exp(ELBO) over a grid of −ELBO values, normalised to sum to 1 (computed stably)."""
     log_density = -neg_elbo_grid.astype(np.float64)
     density = np.exp(log_density - log_density.max())
-    density /= density.sum()
+    return density / density.sum()
+
+
+def plot_density(neg_elbo_grid: np.ndarray, limit: float, path: Path, title: str = "") -> Path:
+    """exp(ELBO) on a square grid, normalised over the grid; ``neg_elbo_grid`` is (size, size), y-major."""
+    density = normalized_density(neg_elbo_grid)
     fig, ax = plt.subplots(figsize=(4.4, 4))
     image = ax.imshow(density, origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     _square_axes(ax, limit, title or "exp(ELBO) density")
+    return _save(fig, path)
+
+
+def plot_method_grid(cells: dict[tuple[str, str], dict], rows: list[str], columns: list[str], path: Path, title: str = "") -> Path:
+    """Paper Figure 2: per method (rows) and dataset (columns), samples above the exp(ELBO) density.
+
+    ``cells[(row, column)]`` holds ``generated`` (n, 2), ``density`` (k, k) and ``limit``; missing
+    cells are left blank.
+    """
+    fig, axes = plt.subplots(2 * len(rows), len(columns), figsize=(2.4 * len(columns), 4.6 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            top, bottom = axes[2 * i, j], axes[2 * i + 1, j]
+            for ax in (top, bottom):
+                ax.set_xticks([])
+                ax.set_yticks([])
+            cell = cells.get((row, column))
+            if i == 0:
+                top.set_title(column)
+            if j == 0:
+                top.set_ylabel(f"{row}\nsamples")
+                bottom.set_ylabel(f"{row}\nexp(ELBO)")
+            if cell is None:
+                top.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=top.transAxes)
+                continue
+            limit = float(cell["limit"])
+            top.scatter(cell["generated"][:, 0], cell["generated"][:, 1], s=0.5, alpha=0.4, color="tab:red")
+            top.set_xlim(-limit, limit)
+            top.set_ylim(-limit, limit)
+            bottom.imshow(cell["density"], origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis")
+            for ax in (top, bottom):
+                ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_stability(margins: np.ndarray, curves: dict[str, np.ndarray], flat: dict[str, tuple[float, float]], path: Path, title: str = "") -> Path:
+    """Paper Figure 3: IntroVAE's metric (mean ± std) against the margin m; Soft-IntroVAE as a flat band.
+
+    ``curves[metric]`` is (len(margins), 2) of mean and std; ``flat[metric]`` is (mean, std).
+    """
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.6), squeeze=False)
+    for ax, (metric, values) in zip(axes[0], curves.items()):
+        ax.errorbar(margins, values[:, 0], yerr=values[:, 1], marker="o", capsize=3, label="IntroVAE")
+        mean, std = flat[metric]
+        ax.axhline(mean, color="tab:red", label="Soft-IntroVAE (no margin)")
+        ax.axhspan(mean - std, mean + std, color="tab:red", alpha=0.15)
+        ax.set_xlabel("margin m")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_collapse(curves: dict[str, tuple[np.ndarray, np.ndarray]], samples: dict[str, dict], warmup: int, path: Path, title: str = "") -> Path:
+    """Paper Figure 21: the KL of real data over training per method, and each method's samples.
+
+    ``curves[method]`` is (steps, KL values); ``samples[method]`` holds ``generated`` and ``limit``.
+    """
+    fig, axes = plt.subplots(1, 1 + len(samples), figsize=(4.2 * (1 + len(samples)), 3.8), squeeze=False)
+    ax = axes[0, 0]
+    for method, (steps, kl) in curves.items():
+        ax.plot(steps, kl, label=method)
+    if warmup:
+        ax.axvline(warmup, color="gray", linestyle=":", label="end of VAE warm-up")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("KL(q(z|x) || p(z)) of real data")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    for ax, (method, cell) in zip(axes[0, 1:], samples.items()):
+        limit = float(cell["limit"])
+        ax.scatter(cell["generated"][:, 0], cell["generated"][:, 1], s=0.5, alpha=0.4, color="tab:red")
+        _square_axes(ax, limit, f"{method}: samples")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _save(fig, path)

@@ -32,6 +32,7 @@ from .errors import TrainingDiverged, UserError
 from .rundir import RunDir, atomic_write_text
 
 Configuration = dict[str, Any]
+NOT_METRICS = ("step", "train_seconds")  # bookkeeping in metrics.json, not averaged
 
 # Paper §9.2.1: β_rec, β_kl ∈ [0.05, 1]; β_neg ∈ [β_kl, 5·β_kl]; m ∈ [1, 10]. The paper gives the
 # ranges and the run counts (81 VAE runs = 9 × 9), not the grid points; these are ours.
@@ -154,7 +155,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
             i = futures[future]
             results[i] = future.result()
             progress.update(1)
-            shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k != "step"][:3]
+            shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k not in NOT_METRICS][:3]
             outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
             progress.write(f"{jobs[i].path}: {outcome}")
     return results
@@ -192,7 +193,7 @@ def aggregate(rows: list[tuple[dict[str, Any], dict[str, float] | None]]) -> lis
         row: dict[str, Any] = {**configuration, "runs": len(results)}
         if diverged:
             row["diverged"] = diverged
-        for metric in [k for k in (results[0] if results else {}) if k != "step"]:
+        for metric in [k for k in (results[0] if results else {}) if k not in NOT_METRICS]:
             values = [r[metric] for r in results]
             mean = sum(values) / len(values)
             std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0

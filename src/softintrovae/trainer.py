@@ -102,6 +102,7 @@ class Trainer:
         )
         self.evaluator = build_evaluator(config, self.data)
         self.step = 0
+        self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None
         self.checkpoint_step = -1
 
@@ -113,6 +114,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "step": self.step,
+            "train_seconds": self.train_seconds,
             "encoder": self.encoder.state_dict(),
             "decoder": self.decoder.state_dict(),
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -130,6 +132,7 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save_checkpoint(self) -> Path:
         self.last_checkpoint = self.run.save_checkpoint(self.step, self.state_dict(), self.config.train.keep_checkpoints)
@@ -156,6 +159,8 @@ class Trainer:
             trainer.load_state_dict(load_checkpoint(checkpoint))
             trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
             run.truncate_log(trainer.step)
+        elif run.metrics_path.exists():  # nothing to resume from: start over with a clean log
+            run.metrics_path.unlink()
         return trainer
 
     # ---- loop --------------------------------------------------------------------------------
@@ -186,8 +191,10 @@ class Trainer:
             total=cfg.steps, initial=self.step, desc=self.config.name, disable=not cfg.progress, dynamic_ncols=True, smoothing=0.05
         )
         batches = self.data.batches(self.step)
+        started, seconds_before = time.perf_counter(), self.train_seconds
         with _stop_on_signals(flag), progress:
             while self.step < cfg.steps:
+                self.train_seconds = seconds_before + time.perf_counter() - started
                 x = next(batches).to(self.device, non_blocking=True)
                 losses = self.method.step(x, self.step)
                 self._check_finite(losses, self.step)
@@ -208,10 +215,11 @@ class Trainer:
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {self.run.path}"
                     )
+        self.train_seconds = seconds_before + time.perf_counter() - started
         if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
             self.save_checkpoint()
         metrics = self.evaluate(final=True)
-        self.run.write_final_metrics({"step": self.step, **metrics})
+        self.run.write_final_metrics({"step": self.step, **metrics, "train_seconds": round(self.train_seconds, 1)})
         return metrics
 
 
@@ -262,8 +270,10 @@ def evaluate(path: str | Path, argv: list[str] | None = None) -> RunResult:
     if checkpoint is None:
         raise UserError(f"run directory {str(run.path)!r} has no checkpoint to evaluate")
     trainer = Trainer(config, run)
-    trainer.load_state_dict(load_checkpoint(checkpoint))
+    state = load_checkpoint(checkpoint)
+    trainer.load_state_dict(state)
     run.record_command(argv or ["python-api", "evaluate", str(path)])
     metrics = trainer.evaluate(final=True)
-    run.write_final_metrics({"step": trainer.step, **metrics})
+    timing = {"train_seconds": round(float(state["train_seconds"]), 1)} if "train_seconds" in state else {}
+    run.write_final_metrics({"step": trainer.step, **metrics, **timing})
     return RunResult(run.path, metrics)
