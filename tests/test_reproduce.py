@@ -7,7 +7,8 @@ import csv
 import pytest
 
 from softintrovae.cli import main
-from softintrovae.reproduce import PAPER_TABLE2
+from softintrovae.reproduce import PAPER_TABLE2, _remaining_cost
+from softintrovae.sweep import Job
 
 from .conftest import TINY
 
@@ -80,6 +81,13 @@ def test_collapse_end_to_end(tmp_path, capsys):
     config = (out / "soft-introvae" / "seed0" / "config.yaml").read_text()
     assert "beta_kl: 1.0" in config and "beta_rec: 0.5" in config and "beta_neg: 5.0" in config
     assert (out / "collapse.png").stat().st_size > 10_000
+
+
+def test_longest_remaining_work_starts_first(tmp_path):
+    jobs = {m: Job(f"{m}-8gaussians", {}, tmp_path / m) for m in ("vae", "introvae", "soft-introvae")}
+    costs = {m: _remaining_cost(job) for m, job in jobs.items()}
+    assert costs["soft-introvae"] > costs["introvae"] > costs["vae"] == 30000
+    assert costs["soft-introvae"] == 2000 + 3 * 28000  # warm-up steps cost a VAE step
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -47,6 +48,25 @@ def test_training_n_steps_equals_n_half_then_resume(tmp_path):
     # the Adam moments match too
     full_opt, half_opt = final_params(tmp_path / "full")[2], final_params(tmp_path / "half")[2]
     assert torch.equal(full_opt[1]["state"][0]["exp_avg_sq"], half_opt[1]["state"][0]["exp_avg_sq"])
+
+
+def test_train_seconds_add_up_over_resumes(tmp_path):
+    train(PRESET, out=tmp_path / "half", overrides=schedule(train__steps=20))
+    first = load_checkpoint(RunDir(tmp_path / "half").latest_checkpoint())["train_seconds"]
+    resume(tmp_path / "half", {"train.steps": 40})
+    total = json.loads((tmp_path / "half" / "metrics.json").read_text())["train_seconds"]
+    assert 0 < first <= total
+
+
+def test_resume_without_a_checkpoint_starts_over_with_a_clean_log(tmp_path):
+    out = tmp_path / "run"
+    train(PRESET, out=out, overrides=schedule(train__steps=10, train__log_every=2))
+    for checkpoint in RunDir(out).checkpoints():  # a crash before the first checkpoint was kept
+        checkpoint.unlink()
+    (out / "metrics.json").unlink()
+    resume(out)
+    steps = [r["step"] for r in RunDir(out).read_log() if r["kind"] == "train"]
+    assert steps == [2, 4, 6, 8, 10]  # no stale records from the lost attempt
 
 
 def test_evaluation_does_not_change_training(tmp_path):

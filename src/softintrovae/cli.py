@@ -114,7 +114,7 @@ def cmd_reproduce(args) -> int:
         kwargs.update(datasets=_csv_list(args.datasets), methods=_csv_list(args.methods))
     if experiment == "stability":
         kwargs["margins"] = _csv_list(args.margins, float)
-    action = "reporting" if args.report_only else f"{kwargs['seeds']} seeds x {args.iterations} iterations into"
+    action = "reporting from" if args.report_only else f"seeds x iterations = {kwargs['seeds']} x {args.iterations} into"
     print(f"reproduce {experiment}: {action} {out} ...")
     reproduce(experiment, **kwargs)
     for path in report_paths(experiment, out):

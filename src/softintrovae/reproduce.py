@@ -90,7 +90,7 @@ class Settings:
     def execute(self, jobs: list[Job]) -> list[tuple[Job, dict[str, float] | None]]:
         """Train what is missing (unless report-only); then (job, final metrics or None if diverged)."""
         if not self.report_only:
-            pending = [j for j in jobs if finished_metrics(j.path) is None]
+            pending = sorted((j for j in jobs if finished_metrics(j.path) is None), key=_remaining_cost, reverse=True)
             if pending:
                 run_jobs(pending, self.workers or default_workers(len(pending)), desc=f"reproduce {self.experiment}")
         collected = []
@@ -101,6 +101,23 @@ class Settings:
         if not collected:
             raise UserError(f"{str(self.out)!r} has no finished runs to report yet; run without --report-only")
         return collected
+
+
+# Forward/backward passes per iteration relative to a VAE step (SPEC §2: the introspective steps
+# re-encode and re-decode the reconstructions and prior samples).
+_STEP_COST = {"vae": 1.0, "introvae": 2.0, "soft-introvae": 3.0}
+
+
+def _remaining_cost(job: Job) -> float:
+    """Rough work left in a job, so the longest start first and the workers finish together."""
+    config = load_config(job.source, job.overrides)
+    checkpoint = RunDir(job.path).latest_checkpoint()
+    done = int(checkpoint.stem.split("_")[-1]) if checkpoint is not None else 0
+    warmup = 0 if config.method.name == "vae" else config.method.vae_warmup_steps
+    total = config.train.steps
+    warmup_left = max(0, min(warmup, total) - done)
+    introspective_left = max(0, total - max(done, warmup))
+    return warmup_left + _STEP_COST[config.method.name] * introspective_left
 
 
 def _pick(values: Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
