@@ -57,7 +57,8 @@ def write_mnist_files(root: Path, prefix: str, count: int, seed: int = 0) -> tup
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float32, np.float64])
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_round_trips_every_type_and_byte_order(tmp_path, dtype, compress):
-    array = (np.arange(24).reshape(2, 3, 4) * 7 - 20).astype(dtype) if dtype != np.uint8 else np.arange(24, dtype=np.uint8)
+    values = np.arange(24).reshape(2, 3, 4)
+    array = values.astype(dtype) if dtype == np.uint8 else (values * 7 - 20).astype(dtype)  # negatives test the sign
     back = read_idx(write_idx(tmp_path / "a.idx.gz", array, compress))
     assert back.dtype == np.dtype(dtype) and back.dtype.isnative and back.flags.writeable
     np.testing.assert_array_equal(back, array)
@@ -134,10 +135,10 @@ def fake_sklearn(monkeypatch, digit_images: np.ndarray) -> None:
 
 
 def test_digits_are_rescaled_to_0_255_and_resized_to_28(monkeypatch):
-    fake_sklearn(monkeypatch, np.stack([np.zeros((8, 8)), np.full((8, 8), 16.0), np.full((8, 8), 8.0)]))
+    fake_sklearn(monkeypatch, np.stack([np.zeros((8, 8)), np.full((8, 8), 16.0), np.full((8, 8), 12.0)]))
     images, labels = load_digits_28()
     assert images.shape == (3, 1, 28, 28) and images.dtype == torch.uint8
-    assert (images[0] == 0).all() and (images[1] == 255).all() and (images[2] == 128).all()
+    assert (images[0] == 0).all() and (images[1] == 255).all() and (images[2] == 191).all()  # 12 · 255/16 = 191.25
     assert torch.equal(labels, torch.arange(3))
 
 
@@ -214,7 +215,7 @@ def test_npz_accepts_nhwc_nchw_nhw_and_float_images(tmp_path):
     np.savez(tmp_path / "nhwc.npz", images=nchw.transpose(0, 2, 3, 1), labels=np.array([1, 0]))
     np.savez(tmp_path / "nchw.npz", x=nchw, y=np.array([1, 0], np.uint8))
     np.savez_compressed(tmp_path / "nhw.npz", train=nchw[:, 0])
-    np.savez(tmp_path / "float.npz", images=np.array([0.0, 0.2, 1.0], np.float32).reshape(1, 1, 1, 3))
+    np.savez(tmp_path / "float.npz", images=np.tile(np.array([0.0, 0.2, 1.0], np.float32), (1, 2, 2, 1)))  # NHWC
     for name in ("nhwc", "nchw"):
         images, labels = load_npz(tmp_path / f"{name}.npz")
         assert torch.equal(images, torch.from_numpy(nchw)) and labels.tolist() == [1, 0], name
@@ -222,7 +223,7 @@ def test_npz_accepts_nhwc_nchw_nhw_and_float_images(tmp_path):
     images, labels = load_npz(tmp_path / "nhw.npz", key="train")
     assert torch.equal(images, torch.from_numpy(nchw[:, :1])) and labels is None
     images, _ = load_npz(tmp_path / "float.npz")
-    assert images.shape == (1, 3, 1, 1) and images.flatten().tolist() == [0, 51, 255]
+    assert images.shape == (1, 3, 2, 2) and images[0, :, 1, 1].tolist() == [0, 51, 255]
 
 
 @pytest.mark.parametrize(
@@ -269,7 +270,8 @@ def numbered_images(count: int = 10) -> torch.Tensor:
     return torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 1, 2, 2).contiguous()
 
 
-def ids(x: torch.Tensor) -> list[int]:
+def image_ids(x: torch.Tensor) -> list[int]:
+    """Which numbered_images a batch holds."""
     return (x[:, 0, 0, 0] * 255).round().long().tolist()
 
 
@@ -278,7 +280,7 @@ def test_stream_batches_are_floats_in_0_1_with_matching_labels():
     stream = ImageStream(numbered_images(), labels, batch_size=4, seed=1)
     x, y = stream.batch(0)
     assert x.dtype == torch.float32 and x.shape == (4, 1, 2, 2) and 0 <= x.min() and x.max() <= 1
-    assert y.tolist() == [i % 3 for i in ids(x)]
+    assert y.tolist() == [i % 3 for i in image_ids(x)]
     assert stream.input_shape == (1, 2, 2) and stream.num_classes == 3 and stream.steps_per_epoch == 2
     unlabelled = ImageStream(numbered_images(), None, batch_size=4)
     assert unlabelled.batch(0)[1] is None and unlabelled.num_classes == 0
@@ -288,7 +290,8 @@ def test_stream_batches_are_floats_in_0_1_with_matching_labels():
 def test_every_image_once_per_epoch_and_a_new_order_each_epoch(drop_last, steps, seen):
     stream = ImageStream(numbered_images(), None, batch_size=3, seed=5, drop_last=drop_last)
     assert stream.steps_per_epoch == steps
-    epochs = [[i for step in range(e * steps, (e + 1) * steps) for i in ids(stream.batch(step)[0])] for e in range(3)]
+    batches = [image_ids(stream.batch(step)[0]) for step in range(3 * steps)]
+    epochs = [sum(batches[e * steps : (e + 1) * steps], []) for e in range(3)]
     for order in epochs:
         assert len(order) == len(set(order)) == seen
     assert epochs[0] != epochs[1] != epochs[2]
@@ -304,12 +307,12 @@ def test_resuming_at_any_step_reproduces_the_same_batches():
             assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
     assert first.batch(3)[0].tolist() == reference[3][0].tolist()  # going back an epoch is exact too
     other_seed = ImageStream(images, labels, batch_size=3, seed=8)
-    assert [ids(other_seed.batch(s)[0]) for s in range(3)] != [ids(b[0]) for b in reference[:3]]
+    assert [image_ids(other_seed.batch(s)[0]) for s in range(3)] != [image_ids(b[0]) for b in reference[:3]]
 
 
 def test_stream_sample_and_errors():
     stream = ImageStream(numbered_images(), None, batch_size=2)
-    assert sorted(ids(stream.sample(10, torch.Generator().manual_seed(0)))) == list(range(10))
+    assert sorted(image_ids(stream.sample(10, torch.Generator().manual_seed(0)))) == list(range(10))
     assert stream.sample(25, torch.Generator().manual_seed(0)).shape == (25, 1, 2, 2)
     with pytest.raises(UserError, match="larger than the dataset"):
         ImageStream(numbered_images(3), None, batch_size=4)

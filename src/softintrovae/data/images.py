@@ -148,7 +148,8 @@ def _read_square_image(path: Path, size: int, mode: str) -> np.ndarray:
 def load_npz(path: str | Path, key: str | None = None) -> LabelledImages:
     """Images from an ``.npz``: (N, H, W), (N, H, W, C) or (N, C, H, W), uint8 or float in [0, 1].
 
-    The images array is ``key``, else ``images`` or ``x``; labels, optional, are ``labels`` or ``y``.
+    A second axis of size 1 or 3 is read as channels-first. The images array is ``key``, else
+    ``images`` or ``x``; labels, optional, are ``labels`` or ``y``.
     """
     path = Path(path)
     if not path.is_file():
@@ -227,6 +228,8 @@ def load_torchvision(name: str, root: str | Path, split: str = "train", size: in
         dataset = tv_datasets.CelebA(str(root), split=split, target_type=[], download=False)
     except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
         raise UserError(f"{name} not found under {str(root)!r}: {exc}") from None
+    except ImportError as exc:  # SVHN's .mat files need scipy
+        raise UserError(f"dataset {name!r} needs {exc.name}: pip install {exc.name}") from None
     folder = Path(dataset.root, dataset.base_folder, "img_align_celeba")
     images = np.stack([_read_square_image(folder / f, size, "RGB") for f in dataset.filename])  # (N, H, W, 3)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), None
