@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 # Small enough that a whole run takes a second or two on a laptop CPU.
 TINY = {
@@ -22,3 +23,12 @@ def tiny_overrides(**extra) -> dict:
 @pytest.fixture
 def tiny():
     return tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """For modules of tiny tensors: a second intra-op thread only adds synchronisation (and waits on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ from softintrovae.metrics.features import (
 from softintrovae.metrics.fid import compute_fid_kid, generate_images, metric_name
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (and waits on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

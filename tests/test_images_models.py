@@ -11,13 +11,7 @@ from softintrovae.errors import UserError
 from softintrovae.models.resnet import ResidualBlock, ResidualDecoder, ResidualEncoder, build_resnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (and waits on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # (image shape, channels, final feature-map side): small widths keep every case well under a second

@@ -186,7 +186,7 @@ def _header(settings: Settings, title: str, collected: list) -> list[str]:
     return [
         f"# {title}",
         "",
-        f"{settings.iterations} iterations per run; up to {settings.seeds} seeds per row ('seeds' = finished runs); "
+        f"{settings.iterations} iterations per run; seeds requested per row: {settings.seeds} ('seeds' = finished runs); "
         f"{finished} finished runs; 'min/run' is the training wall time of one run (one torch thread per run).",
         "",
     ]
