@@ -143,7 +143,8 @@ def test_digits_are_rescaled_to_0_255_and_resized_to_28(monkeypatch):
 
 
 def test_digits_without_sklearn_say_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # both: another test may have imported them already
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(UserError, match="pip install scikit-learn"):
         load_digits_28()
 

@@ -43,12 +43,15 @@ class DataConfig:
     name: str = "8gaussians"
     batch_size: int = 512
     seed: int = 0  # the data stream's own seed, independent of the model's
+    root: str | None = None  # image data: the folder or file to read (None: the dataset's default place)
+    image_size: int = 64  # image folders and CelebA: the side images are resized and cropped to
 
     def __post_init__(self) -> None:
         from .data import DATASETS
 
         _check_choice("data.name", self.name, tuple(DATASETS))
         _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
+        _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
 
 
 @dataclass
@@ -57,6 +60,7 @@ class ModelConfig:
     z_dim: int = 2
     hidden_dim: int = 256
     hidden_layers: int = 4
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # resnet: widths, one per halving
 
     def __post_init__(self) -> None:
         from .models import ARCHITECTURES
@@ -64,6 +68,10 @@ class ModelConfig:
         _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
         for name in ("z_dim", "hidden_dim", "hidden_layers"):
             _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
+        _check(
+            len(self.channels) > 0 and all(c > 0 for c in self.channels),
+            f"model.channels must be a non-empty list of positive widths, got {self.channels}",
+        )
 
 
 @dataclass
@@ -78,13 +86,16 @@ class MethodConfig:
     scale: float | None = None  # s; None means 1 / (number of input dimensions)
     detach_negative_target: bool = False  # the official image trainer does not detach it
     vae_warmup_steps: int = 2000
+    vae_warmup_epochs: int = 0  # > 0: overrides vae_warmup_steps with epochs x steps per epoch (image data)
 
     def __post_init__(self) -> None:
         from .objectives import RECONSTRUCTION_KINDS
 
         _check_choice("method.name", self.name, METHODS)
         _check_choice("method.reconstruction", self.reconstruction, RECONSTRUCTION_KINDS)
-        _check_non_negative(self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps"))
+        _check_non_negative(
+            self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps", "vae_warmup_epochs")
+        )
         _check(self.scale is None or self.scale > 0, f"method.scale must be > 0 or null, got {self.scale}")
 
 
@@ -104,6 +115,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 30000
+    epochs: int = 0  # > 0: train epochs x steps per epoch instead of `steps` (image data)
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -123,6 +135,7 @@ class TrainConfig:
         for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
             _check(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}")
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
+        _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
 
 
 @dataclass
@@ -131,11 +144,13 @@ class EvalConfig:
     bins: int = 100
     grid_size: int = 1024  # gnELBO grid is grid_size x grid_size
     elbo_samples: int = 12800  # data points for gnELBO
+    fid_samples: int = 0  # images: generated samples for FID/KID when a feature net exists (0: skip)
     seed: int = 1234
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "bins", "grid_size", "elbo_samples"):
             _check(getattr(self, name) > 0, f"eval.{name} must be > 0, got {getattr(self, name)}")
+        _check(self.fid_samples == 0 or self.fid_samples >= 2, f"eval.fid_samples must be 0 or >= 2, got {self.fid_samples}")
 
 
 @dataclass
@@ -309,4 +324,15 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         data = presets[str(source)]
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
-    return config_from_dict(apply_overrides(data, overrides or {}))
+    config = config_from_dict(apply_overrides(data, overrides or {}))
+    check_steps_override(config, overrides or {})
+    return config
+
+
+def check_steps_override(config: Config, overrides: dict[str, Any]) -> None:
+    """``train.steps`` set while ``train.epochs`` > 0 would be ignored silently: refuse it instead."""
+    if "train.steps" in overrides and "train.epochs" not in overrides and config.train.epochs > 0:
+        raise UserError(
+            f"train.steps is ignored while train.epochs is {config.train.epochs}: "
+            "set train.epochs instead, or train.epochs=0 to count train.steps"
+        )

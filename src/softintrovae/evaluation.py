@@ -1,4 +1,8 @@
-"""Evaluators: what a run measures and draws, periodically during training and at the end."""
+"""Evaluators: what a run measures and draws, periodically during training and at the end.
+
+Every evaluator samples and reconstructs in eval mode (SPEC §2) and draws from its own seeded
+generators, so evaluating never changes training.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import torch
 from torch import nn
 
 from .config import Config
-from .data import Toy2DStream
+from .data import HAS_TEST_SPLIT, ImageStream, Toy2DStream, load_images
 from .metrics import deterministic_negative_elbo, grid_normalized_elbo, histogram_metrics, square_grid
-from .plots import normalized_density, plot_density, plot_samples
+from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_net
+from .objectives import kl_to_standard_normal, reconstruction_loss
+from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
 from .rundir import atomic_write_bytes
 
 
@@ -96,5 +102,91 @@ def load_final_arrays(run_dir: Path) -> dict[str, np.ndarray] | None:
         return {k: arrays[k] for k in arrays.files}
 
 
-def build_evaluator(config: Config, data: Toy2DStream) -> Toy2DEvaluator:
+class ImageEvaluator:
+    """Reconstruction error and KL on a fixed batch of held-out images, and picture grids (SPEC §3).
+
+    The batch is ``HELD_OUT`` images of the test split where the dataset has one, else a fixed
+    sample of training images. Writes ``reconstructions.png`` (real | reconstruction pairs, z = μ)
+    and ``samples.png`` (decoded z ~ N(0, I)) at the end, and step-numbered copies under ``plots/``
+    every evaluation. With ``eval.fid_samples`` > 0 and a feature net ``<feature nets dir>/<data.name>.pt``
+    (see :mod:`softintrovae.metrics.features`), also FID/KID against the training images.
+    """
+
+    HELD_OUT = 512
+    PAIRS = 16
+    SAMPLES = 64
+    CHUNK = 128  # images per forward pass, to bound memory at large image sizes
+    FEATURE_NET_NAMES = {"fashion-mnist": "fmnistnet"}
+
+    def __init__(self, config: Config, data: ImageStream):
+        self.config, self.data = config, data
+        self._held_out: torch.Tensor | None = None
+        self._real_uint8: torch.Tensor | None = None
+
+    def held_out(self) -> torch.Tensor:
+        """(HELD_OUT, C, H, W) float images in [0, 1], the same at every evaluation (loaded once)."""
+        if self._held_out is None:
+            generator = torch.Generator().manual_seed(self.config.eval.seed)
+            if self.config.data.name in HAS_TEST_SPLIT:
+                images = load_images(self.config.data, "test")[0]
+                index = torch.randperm(len(images), generator=generator)[: self.HELD_OUT]
+                self._held_out = images[index].float().div(255)
+            else:
+                self._held_out = self.data.sample(min(self.HELD_OUT, len(self.data)), generator)
+        return self._held_out
+
+    def __call__(self, encoder: nn.Module, decoder: nn.Module, out_dir: Path, step: int, final: bool) -> dict[str, float]:
+        device = next(decoder.parameters()).device
+        z_dim = self.config.model.z_dim
+        with eval_mode(encoder, decoder):
+            rec, kl, reconstructions = [], [], []
+            for x in self.held_out().split(self.CHUNK):
+                x = x.to(device)
+                mu, logvar = encoder(x)
+                x_rec = decoder(mu).float()  # deterministic reconstruction, z = μ
+                rec.append(reconstruction_loss(x, x_rec, "mse", reduction="none").cpu())
+                kl.append(kl_to_standard_normal(mu, logvar, reduction="none").cpu())
+                reconstructions.append(x_rec.cpu())
+            z = torch.randn(self.SAMPLES, z_dim, generator=torch.Generator().manual_seed(self.config.eval.seed + 1))
+            samples = decoder(z.to(device)).float().cpu()
+        metrics = {"rec_mse": float(torch.cat(rec).mean()), "kl": float(torch.cat(kl).mean())}
+        metrics.update(self.fid_kid(decoder, device))
+
+        real = self.held_out()[: self.PAIRS]
+        pairs = torch.stack([real, torch.cat(reconstructions)[: self.PAIRS]], dim=1).flatten(0, 1)  # real, rec, real, ...
+        names = ("reconstructions.png", "samples.png")
+        paths = [out_dir / n for n in names] if final else [out_dir / "plots" / n.replace(".png", f"_step{step:07d}.png") for n in names]
+        title = f"{self.config.name}, step {step}"
+        plot_image_grid(pairs.numpy(), 8, paths[0], f"{title}: real | reconstruction, rec_mse {metrics['rec_mse']:.4g}")
+        plot_image_grid(samples.numpy(), 8, paths[1], f"{title}: samples")
+        return metrics
+
+    def feature_extractor(self) -> FeatureExtractor | None:
+        """The dataset's feature net if its file exists (FID/KID are optional extras)."""
+        name = self.config.data.name
+        path = feature_nets_dir() / f"{name}.pt"
+        if not path.is_file():
+            return None
+        net = load_feature_net(path)
+        return FeatureExtractor(net, self.FEATURE_NET_NAMES.get(name, f"{name.replace('-', '')}net"), net.feature_dim)
+
+    def fid_kid(self, decoder: nn.Module, device: torch.device) -> dict[str, float]:
+        """``fid{n}_train_<net>``, ``kid{n}_train_<net>`` (mean) and its ``_std``; {} when not asked for or no net."""
+        n = self.config.eval.fid_samples
+        extractor = self.feature_extractor() if n else None
+        if extractor is None:
+            return {}
+        from .metrics.fid import compute_fid_kid, generate_images, metric_name  # torchmetrics: seconds to import
+
+        if self._real_uint8 is None:  # the stream holds floats k/255: this recovers the uint8 images exactly
+            self._real_uint8 = self.data.images.mul(255).round().to(torch.uint8)
+        fake = generate_images(decoder, n, self.config.model.z_dim, seed=self.config.eval.seed + 2, device=device)
+        result = compute_fid_kid(self._real_uint8, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
+        fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
+        return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}
+
+
+def build_evaluator(config: Config, data: Toy2DStream | ImageStream) -> Toy2DEvaluator | ImageEvaluator:
+    if isinstance(data, ImageStream):
+        return ImageEvaluator(config, data)
     return Toy2DEvaluator(config, data)

@@ -12,7 +12,9 @@ What the optimized step shares (it gives the pass-by-pass reference's losses and
   not change until the decoder phase's own update. Each phase back-propagates
   only into its own network (``backward(inputs=...)``), so gradients still flow *through* the
   frozen network, as in the paper, but never accumulate into it.
-- Reconstructions and prior samples go through the encoder and decoder as one batch of 2B.
+- Reconstructions and prior samples go through the encoder and decoder as one batch of 2B,
+  except in networks with BatchNorm: there batch statistics depend on what is batched together,
+  so each kind goes through in its own call, as in the official image trainer (:func:`per_kind`).
 - The logged losses are the ones the update computed; no pass runs only for logging.
 """
 
@@ -54,6 +56,24 @@ def _means_per_kind(per_sample: Tensor) -> list[Tensor]:
     return [half.mean() for half in per_sample.chunk(2)]
 
 
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def per_kind(network: nn.Module, batch: Tensor, separately: bool):
+    """network([reconstructions; prior samples]) for a (2B, ...) batch.
+
+    With ``separately`` each half goes through its own call and the outputs (a tensor or a tuple of
+    tensors) are concatenated, so BatchNorm normalises each kind with its own batch statistics.
+    """
+    if not separately:
+        return network(batch)
+    outputs = [network(half) for half in batch.chunk(2)]
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    return torch.cat(outputs)
+
+
 def _update(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=params, retain_graph=retain_graph)
@@ -91,10 +111,21 @@ class Method:
         self.autocast = autocast
         self.encoder_params = [p for p in encoder.parameters() if p.requires_grad]
         self.decoder_params = [p for p in decoder.parameters() if p.requires_grad]
+        self.encode_kinds_separately = has_batch_norm(encoder)
+        self.decode_kinds_separately = has_batch_norm(decoder)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x)
         return mu.float(), logvar.float()
+
+    def encode_per_kind(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """μ, log σ² of a (2B, ...) batch [reconstructions; prior samples] (see :func:`per_kind`)."""
+        mu, logvar = per_kind(self.encoder, x, self.encode_kinds_separately)
+        return mu.float(), logvar.float()
+
+    def decode_per_kind(self, z: Tensor) -> Tensor:
+        """D of a (2B, z_dim) batch [z of reconstructions; z of prior samples] (see :func:`per_kind`)."""
+        return per_kind(self.decoder, z, self.decode_kinds_separately)
 
     def in_warmup(self, step: int) -> bool:
         return False
@@ -169,8 +200,8 @@ class SoftIntroVAE(IntrospectiveMethod):
         cfg = self.config
         with self.autocast():
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)  # decoded: [x_r; x_f]
-            mu_n, logvar_n = self.encode(decoded.detach())
-            decoded_n = self.decoder(_reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
+            mu_n, logvar_n = self.encode_per_kind(decoded.detach())
+            decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
         rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
         kl = kl_to_standard_normal(mu, logvar)
         # The official image trainer leaves the target x_r attached, so encoder gradient also flows
@@ -194,8 +225,8 @@ class SoftIntroVAE(IntrospectiveMethod):
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
         cfg = self.config
         with self.autocast():
-            mu_n, logvar_n = self.encode(result.decoded)  # the updated encoder
-            decoded_n = self.decoder(_reparameterize_per_kind(mu_n, logvar_n).detach())
+            mu_n, logvar_n = self.encode_per_kind(result.decoded)  # the updated encoder
+            decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n).detach())
         kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
         rec_n = reconstruction_loss(result.decoded.detach(), decoded_n, cfg.reconstruction, reduction="none")
         loss = soft_introvae_decoder_loss(
@@ -220,7 +251,7 @@ class IntroVAE(IntrospectiveMethod):
         cfg = self.config
         with self.autocast():
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)
-            mu_n, logvar_n = self.encode(decoded.detach())
+            mu_n, logvar_n = self.encode_per_kind(decoded.detach())
         rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
         kl = kl_to_standard_normal(mu, logvar)
         kl_negatives = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
@@ -233,7 +264,7 @@ class IntroVAE(IntrospectiveMethod):
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
         cfg = self.config
         with self.autocast():
-            mu_n, logvar_n = self.encode(result.decoded)
+            mu_n, logvar_n = self.encode_per_kind(result.decoded)
         kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
         loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=cfg.beta_neg)
         _update(self.optimizer_decoder, loss, self.decoder_params)

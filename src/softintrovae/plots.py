@@ -136,3 +136,31 @@ def plot_collapse(curves: dict[str, tuple[np.ndarray, np.ndarray]], samples: dic
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def tile_images(images: np.ndarray, columns: int, padding: int = 1) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] → one (rows·(H+p)+p, columns·(W+p)+p, C) array, white gaps between."""
+    n, channels, height, width = images.shape
+    rows = -(-n // columns)
+    grid = np.ones((rows * (height + padding) + padding, columns * (width + padding) + padding, channels), dtype=np.float32)
+    for index, image in enumerate(np.clip(images, 0, 1)):
+        row, column = divmod(index, columns)
+        top, left = padding + row * (height + padding), padding + column * (width + padding)
+        grid[top : top + height, left : left + width] = image.transpose(1, 2, 0)
+    return grid
+
+
+def plot_image_grid(images: np.ndarray, columns: int, path: Path, title: str = "") -> Path:
+    """A grid of (N, C, H, W) images in [0, 1] (gray for one channel) as a PNG a person opens."""
+    grid = tile_images(images, columns)
+    height, width = grid.shape[:2]
+    scale = max(1.0, 400 / width)  # small images (28×28) would otherwise be a few pixels across
+    fig, ax = plt.subplots(figsize=(width * scale / 110, height * scale / 110 + (0.3 if title else 0)))
+    if grid.shape[2] == 1:
+        ax.imshow(grid[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save(fig, path)

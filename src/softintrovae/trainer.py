@@ -9,6 +9,7 @@ SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 import time
@@ -23,7 +24,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .config import Config, apply_overrides, config_from_dict, load_config, parse_override
+from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
 from .data import build_data
 from .errors import TrainingDiverged, UserError
 from .evaluation import build_evaluator
@@ -51,6 +52,21 @@ def autocast_for(device: torch.device, precision: str):
     return nullcontext
 
 
+def resolve_schedule(config: Config, data) -> tuple[int, int]:
+    """(training steps, VAE warm-up steps): ``train.epochs`` and ``method.vae_warmup_epochs``, when
+    set, count epochs of the data stream and win over ``train.steps`` / ``method.vae_warmup_steps``.
+
+    The run's config.yaml keeps the values as given; only the trainer works in steps.
+    """
+    steps_per_epoch = getattr(data, "steps_per_epoch", None)
+    for key, epochs in (("train.epochs", config.train.epochs), ("method.vae_warmup_epochs", config.method.vae_warmup_epochs)):
+        if epochs and steps_per_epoch is None:
+            raise UserError(f"{key} is {epochs}, but data {config.data.name!r} has no epochs: use step counts instead")
+    steps = config.train.epochs * steps_per_epoch if config.train.epochs else config.train.steps
+    warmup = config.method.vae_warmup_epochs * steps_per_epoch if config.method.vae_warmup_epochs else config.method.vae_warmup_steps
+    return steps, warmup
+
+
 @contextmanager
 def _stop_on_signals(flag: dict[str, bool]):
     """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
@@ -74,11 +90,13 @@ def _stop_on_signals(flag: dict[str, bool]):
 
 
 class Trainer:
-    def __init__(self, config: Config, run: RunDir):
+    def __init__(self, config: Config, run: RunDir | None):
+        """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists."""
         self.config, self.run = config, run
         self.device = resolve_device(config.train.device)
         torch.manual_seed(config.train.seed)
         self.data = build_data(config)
+        self.total_steps, warmup_steps = resolve_schedule(config, self.data)
         encoder, decoder = build_models(config.model, self.data.input_shape)
         self.encoder, self.decoder = encoder.to(self.device), decoder.to(self.device)
         optim = config.optim
@@ -92,7 +110,7 @@ class Trainer:
         ]
         scale = config.method.scale or 1.0 / math.prod(self.data.input_shape)
         self.method = build_method(
-            config.method,
+            dataclasses.replace(config.method, vae_warmup_steps=warmup_steps),
             self.encoder,
             self.decoder,
             self.optimizers,
@@ -152,6 +170,7 @@ class Trainer:
             if bad:
                 raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
             config = config_from_dict(apply_overrides(config.to_dict(), overrides))
+            check_steps_override(config, overrides)
             atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
         trainer = cls(config, run)
         checkpoint = run.latest_checkpoint()
@@ -184,33 +203,36 @@ class Trainer:
         return metrics
 
     def fit(self) -> dict[str, float]:
-        """Train to ``train.steps``, then run the final evaluation; returns its metrics."""
-        cfg = self.config.train
+        """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its metrics."""
+        cfg, total_steps = self.config.train, self.total_steps
         flag = {"stop": False}
         progress = tqdm(
-            total=cfg.steps, initial=self.step, desc=self.config.name, disable=not cfg.progress, dynamic_ncols=True, smoothing=0.05
+            total=total_steps, initial=self.step, desc=self.config.name, disable=not cfg.progress, dynamic_ncols=True, smoothing=0.05
         )
         batches = self.data.batches(self.step)
         started, seconds_before = time.perf_counter(), self.train_seconds
         with _stop_on_signals(flag), progress:
-            while self.step < cfg.steps:
+            while self.step < total_steps:
                 self.train_seconds = seconds_before + time.perf_counter() - started
-                x = next(batches).to(self.device, non_blocking=True)
+                batch = next(batches)
+                # 2D streams yield x, image streams (x, y); the methods are unconditional, so y is unused
+                x = batch[0] if isinstance(batch, tuple) else batch
+                x = x.to(self.device, non_blocking=True)
                 losses = self.method.step(x, self.step)
                 self._check_finite(losses, self.step)
                 for scheduler in self.schedulers:
                     scheduler.step()
                 self.step += 1
                 progress.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.log_every == 0 or self.step == total_steps:
                     record = {k: round(float(v), 6) for k, v in losses.items()}
                     self.run.log({"step": self.step, "kind": "train", "lr": self.schedulers[0].get_last_lr()[0], **record})
                     progress.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.checkpoint_every == 0 or self.step == total_steps:
                     self.save_checkpoint()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total_steps:
                     self.evaluate(final=False)
-                if flag["stop"] and self.step < cfg.steps:
+                if flag["stop"] and self.step < total_steps:
                     self.save_checkpoint()
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {self.run.path}"
@@ -247,9 +269,9 @@ def train(
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(config.to_dict(), overrides)
-    run = RunDir.create(out or default_run_dir(config.name), config)
+    trainer = Trainer(config, None)  # data and models first: a missing dataset leaves no run directory behind
+    trainer.run = run = RunDir.create(out or default_run_dir(config.name), config)
     run.record_command(argv or ["python-api", "train", config.name])
-    trainer = Trainer(config, run)
     return RunResult(run.path, trainer.fit())
 
 

@@ -1,15 +1,71 @@
-"""Data sources. Every source is a stream of batches that can start at any step (for resuming)."""
+"""Data sources. Every source is a stream of batches that can start at any step (for resuming).
+
+2D toy distributions are generated on the fly (:class:`Toy2DStream`, batches are tensors); image
+datasets are read once into memory (:class:`ImageStream`, batches are ``(x, y)``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from ..errors import UserError
+from .images import ImageStream, LabelledImages, load_digits_28, load_image_folder, load_mnist_family, load_npz, load_torchvision
 from .toy2d import TOY2D, Toy2DStream
 
-DATASETS = dict(TOY2D)
+
+def _root(data, what: str) -> str:
+    if data.root is None:
+        raise UserError(f"data.name {data.name} needs data.root: the {what} to read")
+    return data.root
 
 
-def build_data(config) -> Toy2DStream:
+def _mnist_family(data, split: str) -> LabelledImages:
+    return load_mnist_family(data.name, data.root, split)
+
+
+def _torchvision(data, split: str) -> LabelledImages:
+    split = "valid" if data.name == "celeba" and split == "test" else split
+    return load_torchvision(data.name, _root(data, "folder torchvision downloaded it to"), split, data.image_size)
+
+
+# name -> loader(data config, split) of uint8 (N, C, H, W) images and labels (or None)
+IMAGE_DATASETS: dict[str, Callable[..., LabelledImages]] = {
+    "fashion-mnist": _mnist_family,
+    "mnist": _mnist_family,
+    "digits": lambda data, split: load_digits_28(),
+    "image-folder": lambda data, split: load_image_folder(_root(data, "folder of images"), data.image_size),
+    "npz": lambda data, split: load_npz(_root(data, ".npz file")),
+    "cifar10": _torchvision,
+    "svhn": _torchvision,
+    "celeba": _torchvision,
+}
+# image sources that have a separate test split (the others evaluate on a fixed sample of training images)
+HAS_TEST_SPLIT = {"fashion-mnist", "mnist", "cifar10", "svhn", "celeba"}
+
+DATASETS: dict[str, object] = {**TOY2D, **IMAGE_DATASETS}
+
+
+def load_images(data_config, split: str = "train") -> LabelledImages:
+    """uint8 images (N, C, H, W) and labels (N,) or None of the image dataset ``data_config.name``."""
+    return IMAGE_DATASETS[data_config.name](data_config, split)
+
+
+def build_data(config) -> Toy2DStream | ImageStream:
     """The batch stream for ``config.data``."""
-    return Toy2DStream(config.data.name, config.data.batch_size, config.data.seed)
+    data = config.data
+    if data.name in TOY2D:
+        return Toy2DStream(data.name, data.batch_size, data.seed)
+    images, labels = load_images(data, "train")
+    return ImageStream(images, labels, data.batch_size, data.seed)
 
 
-__all__ = ["DATASETS", "TOY2D", "Toy2DStream", "build_data"]
+__all__ = [
+    "DATASETS",
+    "HAS_TEST_SPLIT",
+    "IMAGE_DATASETS",
+    "TOY2D",
+    "ImageStream",
+    "Toy2DStream",
+    "build_data",
+    "load_images",
+]

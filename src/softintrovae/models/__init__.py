@@ -6,10 +6,14 @@ import math
 
 from torch import nn
 
+from ..errors import UserError
 from .mlp import MLPDecoder, MLPEncoder
+from .resnet import ResidualDecoder, ResidualEncoder, build_resnet
 
 
 def _build_mlp(model_config, input_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    if len(input_shape) != 1:
+        raise UserError(f"model.arch mlp takes vectors, but the data are images {tuple(input_shape)}: use model.arch=resnet")
     data_dim = math.prod(input_shape)
     kwargs = dict(
         data_dim=data_dim,
@@ -20,7 +24,7 @@ def _build_mlp(model_config, input_shape: tuple[int, ...]) -> tuple[nn.Module, n
     return MLPEncoder(**kwargs), MLPDecoder(**kwargs)
 
 
-ARCHITECTURES = {"mlp": _build_mlp}
+ARCHITECTURES = {"mlp": _build_mlp, "resnet": build_resnet}
 
 
 def build_models(model_config, input_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
@@ -28,4 +32,4 @@ def build_models(model_config, input_shape: tuple[int, ...]) -> tuple[nn.Module,
     return ARCHITECTURES[model_config.arch](model_config, input_shape)
 
 
-__all__ = ["ARCHITECTURES", "MLPDecoder", "MLPEncoder", "build_models"]
+__all__ = ["ARCHITECTURES", "MLPDecoder", "MLPEncoder", "ResidualDecoder", "ResidualEncoder", "build_models"]
