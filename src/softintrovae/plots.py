@@ -124,6 +124,8 @@ def plot_collapse(curves: dict[str, tuple[np.ndarray, np.ndarray]], samples: dic
     if warmup:
         ax.axvline(warmup, color="gray", linestyle=":", label="end of VAE warm-up")
     ax.set_yscale("symlog", linthresh=0.01)
+    top = max((float(np.max(kl)) for _, kl in curves.values() if len(kl)), default=1.0)
+    ax.set_ylim(0, max(top * 2, 0.02))  # KL is never negative; leave room above the highest curve
     ax.set_xlabel("iteration")
     ax.set_ylabel("KL(q(z|x) || p(z)) of real data")
     ax.grid(alpha=0.3)
