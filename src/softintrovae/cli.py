@@ -123,6 +123,20 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_pictures(args) -> int:
+    from . import pictures
+
+    if args.command == "sample":
+        paths = [pictures.sample(args.run_dir, n=args.n, seed=args.seed, out=args.out)]
+    elif args.command == "reconstruct":
+        paths = [pictures.reconstruct(args.run_dir, n=args.n, seed=args.seed, out=args.out)]
+    else:
+        paths = list(pictures.interpolate(args.run_dir, seed=args.seed, size=args.size, out=args.out))
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_presets(args) -> int:
     presets = load_presets()
     width = max(map(len, presets))
@@ -173,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures from finished runs")
     p.set_defaults(func=cmd_reproduce)
+
+    for name, help_text, n in (
+        ("sample", "decode prior samples of an image run's latest checkpoint into a grid", 64),
+        ("reconstruct", "training images beside their reconstructions (real | reconstruction pairs)", 16),
+        ("interpolate", "a linear strip between two images and the 4-corner bilinear grid in latent space", 0),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_dir")
+        if n:
+            p.add_argument("-n", type=int, default=n, help=f"number of images (default {n})")
+        else:
+            p.add_argument("--size", type=int, default=8, help="images per side of the grid (default 8)")
+        p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
+        p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
+        p.set_defaults(func=cmd_pictures)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
