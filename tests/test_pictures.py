@@ -75,3 +75,17 @@ def test_bad_picture_input_is_one_line(image_run, tmp_path, capsys, args, messag
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_feature_net_command_trains_and_saves(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "labelled.npz"
+    images = rng.integers(0, 60, (120, 8, 8), dtype=np.uint8)
+    labels = np.arange(120) % 2
+    images[labels == 1] += 150  # two easily told classes
+    np.savez(npz, images=images, labels=labels)
+    out = tmp_path / "net.pt"
+    assert main(["feature-net", "train", "--dataset", "npz", "--root", str(npz), "--epochs", "2", "--out", str(out)]) == 0
+    assert out.is_file() and "held-out accuracy" in capsys.readouterr().out
+    code = main(["feature-net", "train", "--dataset", "8gaussians"])
+    assert code == 2 and "unknown image dataset '8gaussians'" in capsys.readouterr().err

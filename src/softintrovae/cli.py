@@ -137,6 +137,25 @@ def cmd_pictures(args) -> int:
     return 0
 
 
+def cmd_feature_net(args) -> int:
+    """Train the small classifier whose features FID/KID use offline for ``--dataset``."""
+    from .config import DataConfig
+    from .data import IMAGE_DATASETS, load_images
+    from .metrics.features import feature_nets_dir, train_feature_net
+
+    if args.dataset not in IMAGE_DATASETS:
+        raise UserError(f"unknown image dataset {args.dataset!r}; choose from {', '.join(IMAGE_DATASETS)}")
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    images, labels = load_images(DataConfig(name=args.dataset, root=args.root))
+    if labels is None:
+        raise UserError(f"dataset {args.dataset!r} has no class labels to train a feature net on")
+    out = Path(args.out) if args.out else feature_nets_dir() / f"{args.dataset}.pt"
+    path, accuracy = train_feature_net(images, labels, out, epochs=args.epochs, seed=args.seed)
+    print(f"feature net: {path} (held-out accuracy {accuracy:.3f})")
+    return 0
+
+
 def cmd_presets(args) -> int:
     presets = load_presets()
     width = max(map(len, presets))
@@ -202,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
         p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
         p.set_defaults(func=cmd_pictures)
+
+    p = sub.add_parser("feature-net", help="train the offline feature network FID/KID use for a dataset")
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--dataset", required=True, help="image dataset name, e.g. fashion-mnist")
+    p.add_argument("--root", help="data.root for the dataset (default: auto-detect where possible)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="where to save it (default: the feature-net folder, NAME.pt, where evaluation looks)")
+    p.set_defaults(func=cmd_feature_net)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
