@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from softintrovae.cli import main
 from softintrovae.evaluation import eval_mode
 from softintrovae.pictures import bilinear_latents, load_trained
+from softintrovae.rundir import RunDir
 
 from .conftest import TINY
 from .test_images_train import as_cli_sets, tiny
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def image_run(tmp_path):
     rng = np.random.default_rng(0)
     npz = tmp_path / "images.npz"
-    np.savez(npz, images=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8))
+    np.savez(npz, images=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), labels=np.arange(40) % 2)
     out = tmp_path / "run"
     assert main(["train", "npz", "--out", str(out), *as_cli_sets(tiny(npz, train__steps=4))]) == 0
     return out
@@ -89,3 +91,21 @@ def test_feature_net_command_trains_and_saves(tmp_path, capsys):
     assert out.is_file() and "held-out accuracy" in capsys.readouterr().out
     code = main(["feature-net", "train", "--dataset", "8gaussians"])
     assert code == 2 and "unknown image dataset '8gaussians'" in capsys.readouterr().err
+
+
+def test_evaluate_adds_fid_and_kid_with_the_datasets_feature_net(image_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SOFTINTROVAE_FEATURE_NETS", str(tmp_path / "nets"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the real-feature cache stays inside the test
+    wanted = "fid40_train_npznet,kid40_train_npznet"
+    code = main(["evaluate", str(image_run), "--metrics", wanted])
+    assert code == 2 and "feature-net train --dataset npz" in capsys.readouterr().err
+    root = RunDir(image_run).load_config().data.root
+    assert main(["feature-net", "train", "--dataset", "npz", "--root", root, "--epochs", "1"]) == 0
+    assert main(["evaluate", str(image_run), "--metrics", wanted]) == 0
+    final = [r for r in RunDir(image_run).read_log() if r["kind"] == "final"][-1]
+    assert final["fid40_train_npznet"] >= 0 and math.isfinite(final["kid40_train_npznet"])
+    capsys.readouterr()
+    assert main(["evaluate", str(image_run), "--metrics", "fid40_train_othernet"]) == 2
+    assert "not this run's FID/KID protocol; computed: fid40_train_npznet" in capsys.readouterr().err
+    assert main(["evaluate", str(image_run), "--metrics", "fid_10k"]) == 2
+    assert "must look like fid10k_train_fmnistnet" in capsys.readouterr().err

@@ -50,8 +50,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _fid_kid_request(names: str) -> tuple[list[str], dict]:
+    """``fid10k_train_fmnistnet,kid10k_train_fmnistnet`` → the names and the eval override they need."""
+    from .metrics.fid import parse_metric_name
+
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    parsed = [parse_metric_name(n) for n in wanted]
+    counts = {n for _, n, _, _ in parsed}
+    if len(counts) != 1:
+        raise UserError(f"--metrics must share one sample count, got {sorted(counts)}")
+    if any(split != "train" for _, _, split, _ in parsed):
+        raise UserError("--metrics: only the train split is supported (e.g. fid10k_train_fmnistnet)")
+    return wanted, {"eval.fid_samples": counts.pop()}
+
+
 def cmd_evaluate(args) -> int:
-    result = evaluate(args.run_dir, argv=["softintrovae", *args.argv])
+    wanted, overrides = _fid_kid_request(args.metrics) if args.metrics else ([], None)
+    if wanted:
+        from .metrics.features import feature_nets_dir
+        from .rundir import RunDir
+
+        dataset = RunDir.open(args.run_dir).load_config().data.name
+        if not (feature_nets_dir() / f"{dataset}.pt").is_file():
+            raise UserError(
+                f"no feature net for {dataset!r} in {str(feature_nets_dir())!r}; "
+                f"train one with: softintrovae feature-net train --dataset {dataset}"
+            )
+    result = evaluate(args.run_dir, argv=["softintrovae", *args.argv], overrides=overrides)
+    missing = [name for name in wanted if name not in result.metrics]
+    if missing:
+        computed = ", ".join(k for k in result.metrics if k.startswith(("fid", "kid"))) or "none"
+        raise UserError(f"{missing[0]} is not this run's FID/KID protocol; computed: {computed}")
     _print_result(result.run_dir, result.metrics)
     print(json.dumps(result.metrics))
     return 0
@@ -178,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint (metrics.json and plots)")
     p.add_argument("run_dir")
+    p.add_argument("--metrics", help="image runs: FID/KID to add, e.g. fid10k_train_fmnistnet,kid10k_train_fmnistnet")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="Soft-IntroVAE on 8 Gaussians in a few minutes; prints where the plots are")

@@ -284,10 +284,18 @@ def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None
     return RunResult(trainer.run.path, trainer.fit())
 
 
-def evaluate(path: str | Path, argv: list[str] | None = None) -> RunResult:
-    """Re-run the final evaluation of a run's latest checkpoint (metrics.json and plots)."""
+def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> RunResult:
+    """Re-run the final evaluation of a run's latest checkpoint (metrics.json and plots).
+
+    ``overrides`` may change ``eval.*`` settings for this evaluation only (e.g. ``eval.fid_samples``).
+    """
     run = RunDir.open(path)
     config = run.load_config()
+    if overrides:
+        bad = [k for k in overrides if not k.startswith("eval.")]
+        if bad:
+            raise UserError(f"evaluation may only change eval.* settings, not {bad[0]!r}")
+        config = config_from_dict(apply_overrides(config.to_dict(), overrides))
     checkpoint = run.latest_checkpoint()
     if checkpoint is None:
         raise UserError(f"run directory {str(run.path)!r} has no checkpoint to evaluate")

@@ -41,6 +41,18 @@ def metric_name(kind: str, n: int, split: str, extractor_name: str) -> str:
     return f"{kind}{count}_{split}_{extractor_name}"
 
 
+_METRIC_NAME = re.compile(r"^(fid|kid)(\d+)(k?)_(train|test)_([a-z0-9]+)$")
+
+
+def parse_metric_name(name: str) -> tuple[str, int, str, str]:
+    """``fid10k_train_fmnistnet`` → ("fid", 10000, "train", "fmnistnet"), the inverse of :func:`metric_name`."""
+    match = _METRIC_NAME.match(name)
+    if not match:
+        raise UserError(f"metric {name!r} must look like fid10k_train_fmnistnet or kid500_train_fmnistnet")
+    kind, count, thousands, split, extractor = match.groups()
+    return kind, int(count) * (1000 if thousands else 1), split, extractor
+
+
 def _check_images(images: Tensor, what: str) -> None:
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise UserError(f"{what} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
