@@ -148,7 +148,7 @@ def cmd_reproduce(args) -> int:
     reproduce(experiment, **kwargs)
     for path in report_paths(experiment, out):
         print(f"{path.suffix[1:]:>4}: {path}")
-    print((out / f"{'table2' if experiment == 'table2' else experiment}.md").read_text())
+    print((out / f"{experiment}.md").read_text())
     return 0
 
 

@@ -122,6 +122,7 @@ class ImageEvaluator:
         self.config, self.data = config, data
         self._held_out: torch.Tensor | None = None
         self._real_uint8: torch.Tensor | None = None
+        self._extractor: FeatureExtractor | None = None
 
     def held_out(self) -> torch.Tensor:
         """(HELD_OUT, C, H, W) float images in [0, 1], the same at every evaluation (loaded once)."""
@@ -162,13 +163,15 @@ class ImageEvaluator:
         return metrics
 
     def feature_extractor(self) -> FeatureExtractor | None:
-        """The dataset's feature net if its file exists (FID/KID are optional extras)."""
-        name = self.config.data.name
-        path = feature_nets_dir() / f"{name}.pt"
-        if not path.is_file():
-            return None
-        net = load_feature_net(path)
-        return FeatureExtractor(net, self.FEATURE_NET_NAMES.get(name, f"{name.replace('-', '')}net"), net.feature_dim)
+        """The dataset's feature net if its file exists (FID/KID are optional extras); loaded once."""
+        if self._extractor is None:
+            name = self.config.data.name
+            path = feature_nets_dir() / f"{name}.pt"
+            if not path.is_file():
+                return None
+            net = load_feature_net(path)
+            self._extractor = FeatureExtractor(net, self.FEATURE_NET_NAMES.get(name, f"{name.replace('-', '')}net"), net.feature_dim)
+        return self._extractor
 
     def fid_kid(self, decoder: nn.Module, device: torch.device) -> dict[str, float]:
         """``fid{n}_train_<net>``, ``kid{n}_train_<net>`` (mean) and its ``_std``; {} when not asked for or no net."""

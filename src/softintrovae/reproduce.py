@@ -372,10 +372,13 @@ def reproduce(experiment: str, **kwargs: Any) -> list[dict[str, Any]]:
     return functions[experiment](**kwargs)
 
 
+FIGURES = {"table2": "figure2.png", "stability": "stability.png", "collapse": "collapse.png"}
+
+
 def report_paths(experiment: str, out: Path) -> list[Path]:
-    names = {"table2": ["table2.md", "table2.csv", "figure2.png"], "stability": ["stability.md", "stability.csv", "stability.png"]}
-    names["collapse"] = ["collapse.md", "collapse.csv", "collapse.png"]
-    return [out / n for n in names[experiment] if (out / n).exists()]
+    """The report files an experiment wrote into ``out``: its table as Markdown and CSV, and its figure."""
+    names = [f"{experiment}.md", f"{experiment}.csv", FIGURES[experiment]]
+    return [out / n for n in names if (out / n).exists()]
 
 
 __all__ = ["DATASETS", "EXPERIMENTS", "METHODS", "PAPER_TABLE2", "collapse", "reproduce", "stability", "table2"]
