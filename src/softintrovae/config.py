@@ -20,7 +20,7 @@ import yaml
 from .errors import UserError
 
 METHODS = ("vae", "introvae", "soft-introvae")
-PRECISIONS = ("fp32", "bf16-mixed")
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -61,6 +61,7 @@ class ModelConfig:
     hidden_dim: int = 256
     hidden_layers: int = 4
     channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # resnet: widths, one per halving
+    conditional: bool = False  # resnet: a one-hot class label into encoder and decoder (labelled data)
 
     def __post_init__(self) -> None:
         from .models import ARCHITECTURES
@@ -124,6 +125,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     progress: bool = True
+    channels_last: bool = False  # image models: NHWC memory format (faster convolutions on many devices)
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")

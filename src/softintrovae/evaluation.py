@@ -16,6 +16,7 @@ from .config import Config
 from .data import HAS_TEST_SPLIT, ImageStream, Toy2DStream, load_images
 from .metrics import deterministic_negative_elbo, grid_normalized_elbo, histogram_metrics, square_grid
 from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_net
+from .models import class_labels, forward, num_classes_of
 from .objectives import kl_to_standard_normal, reconstruction_loss
 from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
 from .rundir import atomic_write_bytes
@@ -110,6 +111,8 @@ class ImageEvaluator:
     and ``samples.png`` (decoded z ~ N(0, I)) at the end, and step-numbered copies under ``plots/``
     every evaluation. With ``eval.fid_samples`` > 0 and a feature net ``<feature nets dir>/<data.name>.pt``
     (see :mod:`softintrovae.metrics.features`), also FID/KID against the training images.
+    A class-conditional model reconstructs each image with its own label and draws samples of
+    classes 0, 1, ..., K−1 in turn (one class per column of the grid when K is 8).
     """
 
     HELD_OUT = 512
@@ -120,40 +123,45 @@ class ImageEvaluator:
 
     def __init__(self, config: Config, data: ImageStream):
         self.config, self.data = config, data
-        self._held_out: torch.Tensor | None = None
+        self._held_out: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._real_uint8: torch.Tensor | None = None
         self._extractor: FeatureExtractor | None = None
 
-    def held_out(self) -> torch.Tensor:
-        """(HELD_OUT, C, H, W) float images in [0, 1], the same at every evaluation (loaded once)."""
+    def held_out(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(HELD_OUT, C, H, W) float images in [0, 1] and their labels (or None), the same at every
+        evaluation (loaded once)."""
         if self._held_out is None:
             generator = torch.Generator().manual_seed(self.config.eval.seed)
             if self.config.data.name in HAS_TEST_SPLIT:
-                images = load_images(self.config.data, "test")[0]
+                images, labels = load_images(self.config.data, "test")
                 index = torch.randperm(len(images), generator=generator)[: self.HELD_OUT]
-                self._held_out = images[index].float().div(255)
+                self._held_out = images[index].float().div(255), None if labels is None else labels[index].long()
             else:
-                self._held_out = self.data.sample(min(self.HELD_OUT, len(self.data)), generator)
+                self._held_out = self.data.sample_labelled(min(self.HELD_OUT, len(self.data)), generator)
         return self._held_out
 
     def __call__(self, encoder: nn.Module, decoder: nn.Module, out_dir: Path, step: int, final: bool) -> dict[str, float]:
         device = next(decoder.parameters()).device
-        z_dim = self.config.model.z_dim
+        z_dim, num_classes = self.config.model.z_dim, num_classes_of(decoder)
+        images, labels = self.held_out()
+        image_chunks = images.split(self.CHUNK)
+        label_chunks = labels.split(self.CHUNK) if num_classes else [None] * len(image_chunks)
         with eval_mode(encoder, decoder):
             rec, kl, reconstructions = [], [], []
-            for x in self.held_out().split(self.CHUNK):
-                x = x.to(device)
-                mu, logvar = encoder(x)
-                x_rec = decoder(mu).float()  # deterministic reconstruction, z = μ
+            for x, y in zip(image_chunks, label_chunks):
+                x, y = x.to(device), None if y is None else y.to(device)
+                mu, logvar = forward(encoder, x, y)
+                x_rec = forward(decoder, mu, y).float()  # deterministic reconstruction, z = μ
                 rec.append(reconstruction_loss(x, x_rec, "mse", reduction="none").cpu())
                 kl.append(kl_to_standard_normal(mu, logvar, reduction="none").cpu())
                 reconstructions.append(x_rec.cpu())
             z = torch.randn(self.SAMPLES, z_dim, generator=torch.Generator().manual_seed(self.config.eval.seed + 1))
-            samples = decoder(z.to(device)).float().cpu()
+            sample_labels = class_labels(self.SAMPLES, num_classes)
+            samples = forward(decoder, z.to(device), None if sample_labels is None else sample_labels.to(device)).float().cpu()
         metrics = {"rec_mse": float(torch.cat(rec).mean()), "kl": float(torch.cat(kl).mean())}
         metrics.update(self.fid_kid(decoder, device))
 
-        real = self.held_out()[: self.PAIRS]
+        real = images[: self.PAIRS]
         pairs = torch.stack([real, torch.cat(reconstructions)[: self.PAIRS]], dim=1).flatten(0, 1)  # real, rec, real, ...
         names = ("reconstructions.png", "samples.png")
         paths = [out_dir / n for n in names] if final else [out_dir / "plots" / n.replace(".png", f"_step{step:07d}.png") for n in names]
@@ -183,7 +191,8 @@ class ImageEvaluator:
 
         if self._real_uint8 is None:  # the stream holds floats k/255: this recovers the uint8 images exactly
             self._real_uint8 = self.data.images.mul(255).round().to(torch.uint8)
-        fake = generate_images(decoder, n, self.config.model.z_dim, seed=self.config.eval.seed + 2, device=device)
+        labels = class_labels(n, num_classes_of(decoder))
+        fake = generate_images(decoder, n, self.config.model.z_dim, seed=self.config.eval.seed + 2, device=device, labels=labels)
         result = compute_fid_kid(self._real_uint8, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
         fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
         return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}

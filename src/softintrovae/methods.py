@@ -16,6 +16,11 @@ What the optimized step shares (it gives the pass-by-pass reference's losses and
   except in networks with BatchNorm: there batch statistics depend on what is batched together,
   so each kind goes through in its own call, as in the official image trainer (:func:`per_kind`).
 - The logged losses are the ones the update computed; no pass runs only for logging.
+
+Class-conditional networks take the batch's labels as a second argument; every call of a step
+passes them (negatives keep the class of the real image they came from). Backward and optimizer
+steps go through a :class:`Stepper`, which adds fp16 loss scaling and cross-process gradient
+averaging when those are on.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .config import MethodConfig
+from .models import forward
 from .objectives import (
     expected_exp_elbo,
     introvae_decoder_loss,
@@ -60,24 +67,61 @@ def has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def per_kind(network: nn.Module, batch: Tensor, separately: bool):
-    """network([reconstructions; prior samples]) for a (2B, ...) batch.
+def per_kind(network: nn.Module, batch: Tensor, separately: bool, labels: Tensor | None = None):
+    """network([reconstructions; prior samples]) for a (2B, ...) batch (and its (2B,) labels, if any).
 
     With ``separately`` each half goes through its own call and the outputs (a tensor or a tuple of
     tensors) are concatenated, so BatchNorm normalises each kind with its own batch statistics.
     """
     if not separately:
-        return network(batch)
-    outputs = [network(half) for half in batch.chunk(2)]
+        return forward(network, batch, labels)
+    label_halves = (None, None) if labels is None else labels.chunk(2)
+    outputs = [forward(network, half, y) for half, y in zip(batch.chunk(2), label_halves)]
     if isinstance(outputs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outputs))
     return torch.cat(outputs)
 
 
-def _update(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=params, retain_graph=retain_graph)
-    optimizer.step()
+def average_gradients(params: list[Tensor]) -> None:
+    """Average ``params``' gradients over the processes of the default group (one all-reduce).
+
+    This is the gradient synchronisation of DistributedDataParallel, done by hand because each
+    phase of an introspective step back-propagates into one network only, through the other.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for grad, part in zip(grads, flat.split([g.numel() for g in grads])):
+        grad.copy_(part.view_as(grad))
+
+
+class Stepper:
+    """Backward pass and optimizer steps of one update.
+
+    ``scaler`` (fp16-mixed) scales the loss and skips steps whose gradients overflowed; with
+    ``distributed`` gradients are averaged over the processes before every optimizer step, so all
+    processes keep identical parameters.
+    """
+
+    def __init__(self, scaler: torch.amp.GradScaler | None = None, distributed: bool = False):
+        self.scaler, self.distributed = scaler, distributed
+
+    def update(self, optimizers: list[torch.optim.Optimizer], loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> None:
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward(inputs=params, retain_graph=retain_graph)
+        if self.distributed:
+            average_gradients(params)
+        for optimizer in optimizers:
+            self.scaler.step(optimizer) if self.scaler else optimizer.step()
+
+    def end_step(self) -> None:
+        """Once per training step, after all updates: adapt the fp16 loss scale."""
+        if self.scaler:
+            self.scaler.update()
 
 
 @dataclass
@@ -104,35 +148,46 @@ class Method:
         scale: float,
         z_dim: int,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
+        stepper: Stepper | None = None,
     ):
         self.encoder, self.decoder = encoder, decoder
         self.optimizer_encoder, self.optimizer_decoder = optimizer_encoder, optimizer_decoder
         self.config, self.scale, self.z_dim = config, scale, z_dim
         self.autocast = autocast
+        self.stepper = stepper or Stepper()
+        self.labels: Tensor | None = None  # the current batch's class labels (conditional networks)
+        self.labels_per_kind: Tensor | None = None  # the same, twice: for [reconstructions; prior samples]
         self.encoder_params = [p for p in encoder.parameters() if p.requires_grad]
         self.decoder_params = [p for p in decoder.parameters() if p.requires_grad]
         self.encode_kinds_separately = has_batch_norm(encoder)
         self.decode_kinds_separately = has_batch_norm(decoder)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        mu, logvar = self.encoder(x)
+        mu, logvar = forward(self.encoder, x, self.labels)
         return mu.float(), logvar.float()
+
+    def decode(self, z: Tensor) -> Tensor:
+        return forward(self.decoder, z, self.labels)
 
     def encode_per_kind(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """μ, log σ² of a (2B, ...) batch [reconstructions; prior samples] (see :func:`per_kind`)."""
-        mu, logvar = per_kind(self.encoder, x, self.encode_kinds_separately)
+        mu, logvar = per_kind(self.encoder, x, self.encode_kinds_separately, self.labels_per_kind)
         return mu.float(), logvar.float()
 
     def decode_per_kind(self, z: Tensor) -> Tensor:
         """D of a (2B, z_dim) batch [z of reconstructions; z of prior samples] (see :func:`per_kind`)."""
-        return per_kind(self.decoder, z, self.decode_kinds_separately)
+        return per_kind(self.decoder, z, self.decode_kinds_separately, self.labels_per_kind)
 
     def in_warmup(self, step: int) -> bool:
         return False
 
-    def step(self, x: Tensor, step: int) -> Losses:
-        """One update on batch x at training step ``step`` (0-based); returns detached losses."""
+    def step(self, x: Tensor, step: int, labels: Tensor | None = None) -> Losses:
+        """One update on batch x (labels: its classes, for conditional networks) at training step
+        ``step`` (0-based); returns detached losses."""
+        self.labels = labels
+        self.labels_per_kind = None if labels is None else torch.cat([labels, labels])
         losses = self.vae_update(x) if self.in_warmup(step) else self.update(x)
+        self.stepper.end_step()
         return {k: v.detach() for k, v in losses.items()}
 
     def update(self, x: Tensor) -> Losses:
@@ -143,15 +198,11 @@ class Method:
         cfg = self.config
         with self.autocast():
             mu, logvar = self.encode(x)
-            x_r = self.decoder(reparameterize(mu, logvar))
+            x_r = self.decode(reparameterize(mu, logvar))
         rec = reconstruction_loss(x, x_r, cfg.reconstruction)
         kl = kl_to_standard_normal(mu, logvar)
         loss = vae_loss(rec, kl, cfg.beta_rec, cfg.beta_kl)
-        self.optimizer_encoder.zero_grad(set_to_none=True)
-        self.optimizer_decoder.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer_encoder.step()
-        self.optimizer_decoder.step()
+        self.stepper.update([self.optimizer_encoder, self.optimizer_decoder], loss, self.encoder_params + self.decoder_params)
         return {"loss": loss, "rec": rec, "kl": kl}
 
 
@@ -181,7 +232,7 @@ class IntrospectiveMethod(Method):
         z_prior = torch.randn(x.shape[0], self.z_dim, device=x.device)
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
-        decoded = torch.cat([self.decoder(z), self.decoder(z_prior)])
+        decoded = torch.cat([self.decode(z), self.decode(z_prior)])
         return mu, logvar, decoded
 
     def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
@@ -212,7 +263,7 @@ class SoftIntroVAE(IntrospectiveMethod):
         loss = soft_introvae_encoder_loss(
             rec, kl, [neg_elbo_rec, neg_elbo_fake], beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, scale=self.scale
         )
-        _update(self.optimizer_encoder, loss, self.encoder_params, retain_graph=True)
+        self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True)
         losses = {
             "loss_encoder": loss,
             "rec": rec,
@@ -238,7 +289,7 @@ class SoftIntroVAE(IntrospectiveMethod):
             gamma_r=cfg.gamma_r,
             scale=self.scale,
         )
-        _update(self.optimizer_decoder, loss, self.decoder_params)
+        self.stepper.update([self.optimizer_decoder], loss, self.decoder_params)
         return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
 
 
@@ -258,7 +309,7 @@ class IntroVAE(IntrospectiveMethod):
         loss = introvae_encoder_loss(
             rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg, margin=cfg.margin
         )
-        _update(self.optimizer_encoder, loss, self.encoder_params, retain_graph=True)
+        self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True)
         return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl})
 
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
@@ -267,14 +318,23 @@ class IntroVAE(IntrospectiveMethod):
             mu_n, logvar_n = self.encode_per_kind(result.decoded)
         kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
         loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=cfg.beta_neg)
-        _update(self.optimizer_decoder, loss, self.decoder_params)
+        self.stepper.update([self.optimizer_decoder], loss, self.decoder_params)
         return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
 
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (VAE, IntroVAE, SoftIntroVAE)}
 
 
-def build_method(config: MethodConfig, encoder: nn.Module, decoder: nn.Module, optimizers, scale: float, z_dim: int, autocast=nullcontext) -> Method:
+def build_method(
+    config: MethodConfig,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    optimizers,
+    scale: float,
+    z_dim: int,
+    autocast=nullcontext,
+    stepper: Stepper | None = None,
+) -> Method:
     """The method named by ``config.name`` around the given networks and (encoder, decoder) optimizers."""
     optimizer_encoder, optimizer_decoder = optimizers
-    return METHODS[config.name](encoder, decoder, optimizer_encoder, optimizer_decoder, config, scale, z_dim, autocast)
+    return METHODS[config.name](encoder, decoder, optimizer_encoder, optimizer_decoder, config, scale, z_dim, autocast, stepper)

@@ -5,6 +5,9 @@ rate schedules, logs, evaluates, checkpoints, and resumes exactly where a checkp
 (model, both optimizers, both schedulers, random state, step; data batches depend only on the
 step). A non-finite loss stops training without writing a checkpoint, so the last good one stays.
 SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
+
+Under ``torchrun`` every process runs this loop on its shard of the data; rank 0 alone writes the
+run directory (see :mod:`softintrovae.distributed`).
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
 from .data import build_data
+from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
 from .errors import TrainingDiverged, UserError
 from .evaluation import build_evaluator
-from .methods import build_method
+from .methods import Stepper, build_method
 from .models import build_models
 from .rundir import RunDir, atomic_write_text, load_checkpoint
 
@@ -46,10 +51,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str):
-    """A context-manager factory: bf16 autocast for ``bf16-mixed``, nothing for ``fp32``."""
-    if precision == "bf16-mixed":
-        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext
+    """A context-manager factory: autocast to bf16 / fp16 for ``bf16-mixed`` / ``fp16-mixed``,
+    nothing for ``fp32``. Losses are computed in fp32 either way (see ``objectives``)."""
+    if precision == "fp32":
+        return nullcontext
+    if precision == "fp16-mixed" and device.type != "cuda":
+        raise UserError(f"train.precision fp16-mixed needs a CUDA device, not {device.type}: use bf16-mixed or fp32")
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
 def resolve_schedule(config: Config, data) -> tuple[int, int]:
@@ -93,12 +102,24 @@ class Trainer:
     def __init__(self, config: Config, run: RunDir | None):
         """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists."""
         self.config, self.run = config, run
-        self.device = resolve_device(config.train.device)
+        self.process = process = current_process()
+        self.device = device_for(process, resolve_device(config.train.device))
+        autocast = autocast_for(self.device, config.train.precision)
+        init_process_group(process, self.device)
         torch.manual_seed(config.train.seed)
-        self.data = build_data(config)
+        self.data = build_data(config, process.rank, process.world_size)
         self.total_steps, warmup_steps = resolve_schedule(config, self.data)
-        encoder, decoder = build_models(config.model, self.data.input_shape)
-        self.encoder, self.decoder = encoder.to(self.device), decoder.to(self.device)
+        encoder, decoder = build_models(config.model, self.data.input_shape, getattr(self.data, "num_classes", 0))
+        self.conditional = config.model.conditional
+        is_image = len(self.data.input_shape) == 3
+        self.memory_format = torch.channels_last if config.train.channels_last and is_image else torch.contiguous_format
+        self.encoder = encoder.to(self.device, memory_format=self.memory_format)
+        self.decoder = decoder.to(self.device, memory_format=self.memory_format)
+        if process.distributed:
+            broadcast_module(self.encoder)
+            broadcast_module(self.decoder)
+            # the same initial weights everywhere, then each process draws its own noise
+            torch.manual_seed(int(np.random.SeedSequence([config.train.seed, process.rank]).generate_state(1)[0]))
         optim = config.optim
         self.optimizers = (
             torch.optim.Adam(self.encoder.parameters(), lr=optim.lr_encoder),
@@ -109,6 +130,7 @@ class Trainer:
             for o in self.optimizers
         ]
         scale = config.method.scale or 1.0 / math.prod(self.data.input_shape)
+        self.scaler = torch.amp.GradScaler("cuda") if config.train.precision == "fp16-mixed" else None
         self.method = build_method(
             dataclasses.replace(config.method, vae_warmup_steps=warmup_steps),
             self.encoder,
@@ -116,7 +138,8 @@ class Trainer:
             self.optimizers,
             scale,
             config.model.z_dim,
-            autocast_for(self.device, config.train.precision),
+            autocast,
+            Stepper(self.scaler, process.distributed),
         )
         self.evaluator = build_evaluator(config, self.data)
         self.step = 0
@@ -139,6 +162,7 @@ class Trainer:
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": rng,
             "config": self.config.to_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -149,10 +173,16 @@ class Trainer:
         torch.set_rng_state(state["rng"]["cpu"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        """Rank 0 saves (all processes hold the same weights); the others only note the step."""
+        self.checkpoint_step = self.step
+        if not self.process.is_main:
+            return None
         self.last_checkpoint = self.run.save_checkpoint(self.step, self.state_dict(), self.config.train.keep_checkpoints)
         self.checkpoint_step = self.step
         return self.last_checkpoint
@@ -165,21 +195,27 @@ class Trainer:
         """
         run = RunDir.open(path)
         config = run.load_config()
+        is_main = current_process().is_main
         if overrides:
             bad = [k for k in overrides if not k.startswith("train.")]
             if bad:
                 raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
             config = config_from_dict(apply_overrides(config.to_dict(), overrides))
             check_steps_override(config, overrides)
-            atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            if is_main:
+                atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
         trainer = cls(config, run)
         checkpoint = run.latest_checkpoint()
+        barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
         if checkpoint is not None:
             trainer.load_state_dict(load_checkpoint(checkpoint))
             trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
-            run.truncate_log(trainer.step)
-        elif run.metrics_path.exists():  # nothing to resume from: start over with a clean log
+            if is_main:
+                run.truncate_log(trainer.step)
+        elif is_main and run.metrics_path.exists():  # nothing to resume from: start over with a clean log
             run.metrics_path.unlink()
+        if not is_main:
+            trainer.run = None  # read-only from here: rank 0 owns the run directory
         return trainer
 
     # ---- loop --------------------------------------------------------------------------------
@@ -195,7 +231,14 @@ class Trainer:
             "(often an unbounded log-variance: try a lower learning rate or beta_neg)"
         )
 
+    def log(self, record: dict[str, Any]) -> None:
+        if self.process.is_main:
+            self.run.log(record)
+
     def evaluate(self, final: bool) -> dict[str, float]:
+        """Rank 0 evaluates (metrics, plots); the other processes return {} at once."""
+        if not self.process.is_main:
+            return {}
         started = time.perf_counter()
         metrics = self.evaluator(self.encoder, self.decoder, self.run.path, self.step, final)
         kind = "final" if final else "eval"
@@ -207,7 +250,12 @@ class Trainer:
         cfg, total_steps = self.config.train, self.total_steps
         flag = {"stop": False}
         progress = tqdm(
-            total=total_steps, initial=self.step, desc=self.config.name, disable=not cfg.progress, dynamic_ncols=True, smoothing=0.05
+            total=total_steps,
+            initial=self.step,
+            desc=self.config.name,
+            disable=not (cfg.progress and self.process.is_main),
+            dynamic_ncols=True,
+            smoothing=0.05,
         )
         batches = self.data.batches(self.step)
         started, seconds_before = time.perf_counter(), self.train_seconds
@@ -215,10 +263,12 @@ class Trainer:
             while self.step < total_steps:
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 batch = next(batches)
-                # 2D streams yield x, image streams (x, y); the methods are unconditional, so y is unused
-                x = batch[0] if isinstance(batch, tuple) else batch
+                x, y = batch if isinstance(batch, tuple) else (batch, None)  # 2D streams yield x, images (x, y)
                 x = x.to(self.device, non_blocking=True)
-                losses = self.method.step(x, self.step)
+                if x.ndim == 4:
+                    x = x.contiguous(memory_format=self.memory_format)
+                labels = y.to(self.device, non_blocking=True) if self.conditional else None
+                losses = self.method.step(x, self.step, labels)
                 self._check_finite(losses, self.step)
                 for scheduler in self.schedulers:
                     scheduler.step()
@@ -226,7 +276,7 @@ class Trainer:
                 progress.update(1)
                 if self.step % cfg.log_every == 0 or self.step == total_steps:
                     record = {k: round(float(v), 6) for k, v in losses.items()}
-                    self.run.log({"step": self.step, "kind": "train", "lr": self.schedulers[0].get_last_lr()[0], **record})
+                    self.log({"step": self.step, "kind": "train", "lr": self.schedulers[0].get_last_lr()[0], **record})
                     progress.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
                 if self.step % cfg.checkpoint_every == 0 or self.step == total_steps:
                     self.save_checkpoint()
@@ -234,14 +284,17 @@ class Trainer:
                     self.evaluate(final=False)
                 if flag["stop"] and self.step < total_steps:
                     self.save_checkpoint()
+                    where = self.run.path if self.run else "RUN_DIR"
                     raise TrainingInterrupted(
-                        f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {self.run.path}"
+                        f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {where}"
                     )
         self.train_seconds = seconds_before + time.perf_counter() - started
         if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
             self.save_checkpoint()
         metrics = self.evaluate(final=True)
-        self.run.write_final_metrics({"step": self.step, **metrics, "train_seconds": round(self.train_seconds, 1)})
+        if self.process.is_main:
+            self.run.write_final_metrics({"step": self.step, **metrics, "train_seconds": round(self.train_seconds, 1)})
+        barrier(self.process)
         return metrics
 
 
@@ -270,9 +323,11 @@ def train(
     elif overrides:
         config = load_config(config.to_dict(), overrides)
     trainer = Trainer(config, None)  # data and models first: a missing dataset leaves no run directory behind
-    trainer.run = run = RunDir.create(out or default_run_dir(config.name), config)
-    run.record_command(argv or ["python-api", "train", config.name])
-    return RunResult(run.path, trainer.fit())
+    path = Path(out or default_run_dir(config.name))
+    if trainer.process.is_main:
+        trainer.run = RunDir.create(path, config)
+        trainer.run.record_command(argv or ["python-api", "train", config.name])
+    return RunResult(path, trainer.fit())
 
 
 def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None, argv: list[str] | None = None) -> RunResult:
@@ -280,8 +335,9 @@ def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     trainer = Trainer.resume(path, overrides)
-    trainer.run.record_command(argv or ["python-api", "resume", str(path)])
-    return RunResult(trainer.run.path, trainer.fit())
+    if trainer.process.is_main:
+        trainer.run.record_command(argv or ["python-api", "resume", str(path)])
+    return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
 
 
 def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> RunResult:

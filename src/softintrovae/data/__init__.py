@@ -50,13 +50,14 @@ def load_images(data_config, split: str = "train") -> LabelledImages:
     return IMAGE_DATASETS[data_config.name](data_config, split)
 
 
-def build_data(config) -> Toy2DStream | ImageStream:
-    """The batch stream for ``config.data``."""
+def build_data(config, rank: int = 0, world_size: int = 1) -> Toy2DStream | ImageStream:
+    """The batch stream for ``config.data``; process ``rank`` of ``world_size`` gets its own shard
+    (``data.batch_size`` is the batch of one process)."""
     data = config.data
     if data.name in TOY2D:
-        return Toy2DStream(data.name, data.batch_size, data.seed)
+        return Toy2DStream(data.name, data.batch_size, data.seed, rank)
     images, labels = load_images(data, "train")
-    return ImageStream(images, labels, data.batch_size, data.seed)
+    return ImageStream(images, labels, data.batch_size, data.seed, rank=rank, world_size=world_size)
 
 
 __all__ = [

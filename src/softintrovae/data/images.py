@@ -239,10 +239,20 @@ class ImageStream:
     """Shuffled mini-batches of images in [0, 1]; batch ``k`` depends only on (seed, k), so resuming is exact.
 
     Each epoch draws its own permutation from (seed, epoch); every image appears once per epoch.
+    In a data-parallel job each step takes ``world_size`` consecutive batches of the permutation
+    and process ``rank`` trains on the ``rank``-th: disjoint shards that cover the epoch, as
+    ``DistributedSampler`` gives (``batch_size`` is per process).
     """
 
     def __init__(
-        self, images: Tensor, labels: Tensor | None, batch_size: int, seed: int = 0, drop_last: bool = True
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        batch_size: int,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise UserError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -252,13 +262,14 @@ class ImageStream:
             raise UserError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if batch_size < 1:
             raise UserError(f"batch size must be >= 1, got {batch_size}")
-        if drop_last and batch_size > len(images):
-            raise UserError(f"batch size {batch_size} is larger than the dataset ({len(images)} images)")
+        global_batch = batch_size * world_size
+        if drop_last and global_batch > len(images):
+            raise UserError(f"batch size {global_batch} ({world_size} x {batch_size}) is larger than the dataset ({len(images)} images)")
         self.images = images.float().div_(255)  # (N, C, H, W), kept in memory as float once
         self.labels = None if labels is None else labels.long()
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         n = len(images)
-        self.steps_per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+        self.steps_per_epoch = n // global_batch if drop_last else -(-n // global_batch)
         self.input_shape = tuple(images.shape[1:])
         # labels are class indices 0..K-1, so K = max + 1 (the number of distinct labels when none is unused)
         self.num_classes = 0 if labels is None else int(labels.max()) + 1
@@ -279,7 +290,8 @@ class ImageStream:
     def batch(self, step: int) -> tuple[Tensor, Tensor | None]:
         """(x (B, C, H, W) float32 in [0, 1], y (B,) int64 or None) for global step ``step``."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        index = self.permutation(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
+        start = (position * self.world_size + self.rank) * self.batch_size
+        index = self.permutation(epoch)[start : start + self.batch_size]
         return self.images[index], None if self.labels is None else self.labels[index]
 
     def batches(self, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -288,9 +300,16 @@ class ImageStream:
             yield self.batch(step)
             step += 1
 
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """n distinct random images (with replacement only when n exceeds the dataset), for evaluation."""
+    def sample_labelled(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """n distinct random images (with replacement only when n exceeds the dataset) and their
+        labels (None for unlabelled data), for evaluation and pictures."""
         count = len(self.images)
         if n <= count:
-            return self.images[torch.randperm(count, generator=generator)[:n]]
-        return self.images[torch.randint(count, (n,), generator=generator)]
+            index = torch.randperm(count, generator=generator)[:n]
+        else:
+            index = torch.randint(count, (n,), generator=generator)
+        return self.images[index], None if self.labels is None else self.labels[index]
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n distinct random images, as :meth:`sample_labelled` without the labels."""
+        return self.sample_labelled(n, generator)[0]

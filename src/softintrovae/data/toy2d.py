@@ -75,12 +75,16 @@ TOY2D: dict[str, Toy2DSpec] = {
 
 
 class Toy2DStream:
-    """An endless stream of fresh batches; batch ``k`` depends only on (seed, k), so resuming is exact."""
+    """An endless stream of fresh batches; batch ``k`` depends only on (seed, k), so resuming is exact.
+
+    Process ``rank`` > 0 of a data-parallel job draws its own points: batch ``k`` depends on
+    (seed, k, rank); rank 0 draws what a single process draws.
+    """
 
     input_shape = (2,)
 
-    def __init__(self, name: str, batch_size: int, seed: int = 0):
-        self.name, self.batch_size, self.seed = name, batch_size, seed
+    def __init__(self, name: str, batch_size: int, seed: int = 0, rank: int = 0):
+        self.name, self.batch_size, self.seed, self.rank = name, batch_size, seed, rank
         self.spec = TOY2D[name]
         self.limit = self.spec.limit
 
@@ -89,7 +93,8 @@ class Toy2DStream:
 
     def batch(self, step: int) -> Tensor:
         # torch's CPU generator keeps 32 bits of a seed: mix (seed, step) into them
-        key = int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0])
+        entropy = [self.seed, step] + ([self.rank] if self.rank else [])
+        key = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         return self.sample(self.batch_size, torch.Generator().manual_seed(key))
 
     def batches(self, start_step: int = 0) -> Iterator[Tensor]:
