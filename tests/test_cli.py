@@ -34,7 +34,8 @@ def test_train_then_evaluate_end_to_end(tmp_path, capsys):
     assert code == 0
     metrics = json.loads(stdout.strip().splitlines()[-1])
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved.pop("step") == 30 and saved.pop("train_seconds") > 0 and saved == pytest.approx(metrics)
+    assert saved.pop("step") == saved.pop("total_steps") == 30 and saved.pop("train_seconds") > 0
+    assert saved == pytest.approx(metrics)
     code, _, _ = run_cli(capsys, "train", "--resume", str(out), "--set", "train.steps=35")
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["step"] == 35

@@ -96,6 +96,17 @@ def test_epochs_resolve_to_steps_of_the_data_stream(npz, tmp_path):
         resume(result.run_dir, {"train.steps": 20})
 
 
+def test_a_run_counted_in_epochs_is_finished_only_at_its_last_epoch(npz, tmp_path):
+    from softintrovae.sweep import finished_metrics
+
+    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__epochs=1))
+    assert finished_metrics(result.run_dir)["total_steps"] == 5
+    trainer = Trainer.resume(result.run_dir, {"train.epochs": 2})  # extended: its old final metrics no longer hold
+    assert finished_metrics(result.run_dir) is None
+    trainer.fit()
+    assert finished_metrics(result.run_dir)["step"] == 10
+
+
 def test_missing_npz_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "run"
     sets = as_cli_sets(tiny(tmp_path / "absent.npz", train__steps=2))

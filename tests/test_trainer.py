@@ -124,8 +124,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     original = SoftIntroVAE.step
 
-    def poisoned(self, x, step):
-        losses = original(self, x, step)
+    def poisoned(self, x, step, labels=None):
+        losses = original(self, x, step, labels)
         if step == 12:
             losses["loss_encoder"] = torch.tensor(float("nan"))
         return losses
@@ -151,7 +151,7 @@ def test_resume_may_only_change_train_settings(tmp_path):
 
 
 def test_config_validation_names_the_field():
-    with pytest.raises(UserError, match="train.precision must be one of fp32, bf16-mixed, got 'fp8'"):
+    with pytest.raises(UserError, match="train.precision must be one of fp32, bf16-mixed, fp16-mixed, got 'fp8'"):
         load_config(PRESET, {"train.precision": "fp8"})
 
 

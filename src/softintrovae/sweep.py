@@ -32,7 +32,7 @@ from .errors import TrainingDiverged, UserError
 from .rundir import RunDir, atomic_write_text
 
 Configuration = dict[str, Any]
-NOT_METRICS = ("step", "train_seconds")  # bookkeeping in metrics.json, not averaged
+NOT_METRICS = ("step", "total_steps", "train_seconds")  # bookkeeping in metrics.json, not averaged
 
 # Paper §9.2.1: β_rec, β_kl ∈ [0.05, 1]; β_neg ∈ [β_kl, 5·β_kl]; m ∈ [1, 10]. The paper gives the
 # ranges and the run counts (81 VAE runs = 9 × 9), not the grid points; these are ours.
@@ -104,13 +104,15 @@ class Job:
 
 
 def finished_metrics(path: str | Path) -> dict[str, float] | None:
-    """The final metrics of a run that reached its ``train.steps``, else None."""
+    """The final metrics of a run that trained all its steps (``train.steps``, or ``train.epochs``
+    of its data), else None."""
     run_dir = Path(path)
     final = run_dir / "metrics.json"
     if not (run_dir / "config.yaml").exists() or not final.exists():
         return None
     metrics = json.loads(final.read_text())
-    return metrics if metrics.get("step") == RunDir.open(run_dir).load_config().train.steps else None
+    total = metrics.get("total_steps") or RunDir.open(run_dir).load_config().train.steps  # older records lack total_steps
+    return metrics if metrics.get("step") == total else None
 
 
 def _train_one(source: str, overrides: dict[str, Any], path: str) -> dict[str, float] | None:

@@ -204,6 +204,8 @@ class Trainer:
             check_steps_override(config, overrides)
             if is_main:
                 atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+                if run.final_metrics_path.exists():  # it described the run before it was extended
+                    run.final_metrics_path.unlink()
         trainer = cls(config, run)
         checkpoint = run.latest_checkpoint()
         barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
@@ -293,7 +295,9 @@ class Trainer:
             self.save_checkpoint()
         metrics = self.evaluate(final=True)
         if self.process.is_main:
-            self.run.write_final_metrics({"step": self.step, **metrics, "train_seconds": round(self.train_seconds, 1)})
+            self.run.write_final_metrics(
+                {"step": self.step, "total_steps": self.total_steps, **metrics, "train_seconds": round(self.train_seconds, 1)}
+            )
         barrier(self.process)
         return metrics
 
@@ -361,5 +365,5 @@ def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[st
     run.record_command(argv or ["python-api", "evaluate", str(path)])
     metrics = trainer.evaluate(final=True)
     timing = {"train_seconds": round(float(state["train_seconds"]), 1)} if "train_seconds" in state else {}
-    run.write_final_metrics({"step": trainer.step, **metrics, **timing})
+    run.write_final_metrics({"step": trainer.step, "total_steps": trainer.total_steps, **metrics, **timing})
     return RunResult(run.path, metrics)
