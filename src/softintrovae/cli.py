@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import load_presets, parse_override
+from .distributed import current_process
 from .errors import TrainingDiverged, UserError
 from .trainer import TrainingInterrupted, default_run_dir, evaluate, resume, train
 
@@ -29,6 +30,8 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _print_result(run_dir: Path, metrics: dict[str, float]) -> None:
+    if not current_process().is_main:  # under torchrun, rank 0 reports for all
+        return
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     print(f"run directory: {run_dir}")
     print(f"final metrics: {shown}")
