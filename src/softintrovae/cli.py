@@ -188,6 +188,20 @@ def cmd_feature_net(args) -> int:
     return 0
 
 
+def cmd_ood(args) -> int:
+    """AUROC of in- vs out-of-distribution images by a likelihood score of a trained image run."""
+    from .ood import run_ood
+
+    results = run_ood(
+        args.run_dir, args.out, in_set=args.in_set, score=args.score, samples=args.samples, limit=args.limit,
+        seed=args.seed, report_dir=args.report,
+    )  # fmt: skip
+    print((Path(results["report"]) / "ood.md").read_text())
+    for name in ("ood.json", "ood.md", "scores.png", "roc.png"):
+        print(Path(results["report"]) / name)
+    return 0
+
+
 def cmd_presets(args) -> int:
     presets = load_presets()
     width = max(map(len, presets))
@@ -263,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="where to save it (default: the feature-net folder, NAME.pt, where evaluation looks)")
     p.set_defaults(func=cmd_feature_net)
+
+    p = sub.add_parser("ood", help="out-of-distribution detection: AUROC of in- vs out-set images by likelihood")
+    p.add_argument("run_dir")
+    p.add_argument("--in", dest="in_set", help="in-distribution dataset, NAME or NAME=ROOT (default: the run's own)")
+    p.add_argument("--out", action="append", default=[], required=True, help="an out-of-distribution dataset, NAME or NAME=ROOT (repeatable)")
+    p.add_argument("--score", default="iw", help="iw (importance-weighted log p(x), default), elbo (beta = 1) or elbo_beta (the run's betas)")
+    p.add_argument("--samples", type=int, default=5, help="importance samples M per image (default 5)")
+    p.add_argument("--limit", type=int, default=2000, help="images per set at most, a fixed random subset (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", help="folder for ood.json/.md and the figures (default: RUN_DIR/ood)")
+    p.set_defaults(func=cmd_ood)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)

@@ -166,3 +166,44 @@ def plot_image_grid(images: np.ndarray, columns: int, path: Path, title: str = "
     if title:
         ax.set_title(title, fontsize=8)
     return _save(fig, path)
+
+
+def plot_score_histograms(scores: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
+    """Paper Figure 8: overlaid histograms of a likelihood score, one per image set, on shared bins.
+
+    Bins span the 1st-99th percentile of all scores together, so a few extreme values do not
+    flatten the rest.
+    """
+    everything = np.concatenate(list(scores.values()))
+    low, high = np.percentile(everything, [1, 99])
+    if not high > low:
+        low, high = float(everything.min()) - 0.5, float(everything.max()) + 0.5
+    bins = np.linspace(low, high, 60)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for name, values in scores.items():
+        ax.hist(np.clip(values, low, high), bins=bins, density=True, alpha=0.45, label=f"{name} ({len(values)})")
+    ax.set_xlabel("score (higher = more like the training data)")
+    ax.set_ylabel("density")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str = "") -> Path:
+    """ROC curves (false-positive rate, true-positive rate, AUROC) per out-set."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    for name, (fpr, tpr, area) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name}: AUROC {area:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("false-positive rate (out-set called in)")
+    ax.set_ylabel("true-positive rate (in-set called in)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,131 @@
+"""Likelihood scores (ELBO, importance-weighted log p(x)) on a model with a known log p(x), AUROC,
+and `softintrovae ood` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from softintrovae.cli import main
+from softintrovae.likelihood import bits_per_dim, decoder_log_likelihood, score_batch
+from softintrovae.ood import auroc
+from softintrovae.trainer import train
+
+from .test_images_train import npz, tiny  # noqa: F401  (npz is a fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+SIGMA2 = 0.3  # observation noise of the linear-Gaussian model; the decoder's β_rec = 1 / (2σ²)
+
+
+class LinearGaussian:
+    """z ~ N(0, I_2), x = Wz + b + N(0, σ²I_4), with orthogonal columns in W so that the exact
+    posterior q(z|x) is a diagonal Gaussian, i.e. one our encoders can express."""
+
+    def __init__(self):
+        generator = torch.Generator().manual_seed(0)
+        q, _ = torch.linalg.qr(torch.randn(4, 4, generator=generator, dtype=torch.float64))
+        self.W = q[:, :2] * torch.tensor([1.5, 0.7], dtype=torch.float64)
+        self.b = torch.randn(4, generator=generator, dtype=torch.float64)
+        self.post_var = 1.0 / (1.0 + (self.W**2).sum(0) / SIGMA2)  # diag (I + WᵀW/σ²)⁻¹
+
+    def sample(self, n: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(1)
+        z = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+        return z @ self.W.T + self.b + math.sqrt(SIGMA2) * torch.randn(n, 4, generator=generator, dtype=torch.float64)
+
+    def log_px(self, x: torch.Tensor) -> torch.Tensor:
+        covariance = self.W @ self.W.T + SIGMA2 * torch.eye(4, dtype=torch.float64)
+        return torch.distributions.MultivariateNormal(self.b, covariance).log_prob(x)
+
+    def encoder(self, mu_shift: float = 0.0, logvar_shift: float = 0.0) -> nn.Module:
+        model = self
+
+        class Encoder(nn.Module):
+            def forward(self, x):
+                mu = (x - model.b) @ model.W / SIGMA2 * model.post_var + mu_shift
+                return mu, torch.log(model.post_var).expand_as(mu) + logvar_shift
+
+        return Encoder()
+
+    def decoder(self) -> nn.Module:
+        model = self
+
+        class Decoder(nn.Module):
+            def forward(self, z):
+                return z @ model.W.T + model.b
+
+        return Decoder()
+
+
+def scores(model: LinearGaussian, x, samples: int, **encoder_shift) -> dict[str, torch.Tensor]:
+    return score_batch(
+        model.encoder(**encoder_shift), model.decoder(), x, beta_rec=1 / (2 * SIGMA2), beta_kl=1.0,
+        samples=samples, generator=torch.Generator().manual_seed(2),
+    )  # fmt: skip
+
+
+def test_gaussian_decoder_likelihood_is_a_normalised_density():
+    x, x_hat = torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
+    expected = torch.distributions.Normal(x_hat, math.sqrt(SIGMA2)).log_prob(x).sum()
+    assert decoder_log_likelihood(x, x_hat, "mse", 1 / (2 * SIGMA2)).item() == pytest.approx(expected.item())
+    assert bits_per_dim(torch.tensor([-math.log(2) * 6]), 3).item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("samples", [1, 7])
+def test_iw_estimate_with_the_exact_posterior_is_log_px(samples):
+    model = LinearGaussian()
+    x = model.sample(50)
+    result = scores(model, x, samples)
+    torch.testing.assert_close(result["iw"].double(), model.log_px(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(result["elbo"].double(), model.log_px(x), rtol=0, atol=1e-6)  # every weight is p(x)
+
+
+def test_iw_estimate_with_an_approximate_posterior_is_a_bound_that_tightens():
+    model = LinearGaussian()
+    x = model.sample(400)
+    truth = model.log_px(x).mean().item()
+    means = {}
+    for samples in (1, 8, 64):
+        result = scores(model, x, samples, mu_shift=0.4, logvar_shift=0.7)
+        assert (result["elbo"] <= result["iw"] + 1e-9).all()  # Jensen, per sample, on the same draws
+        means[samples] = result["iw"].mean().item()
+    assert means[1] < means[8] < means[64] <= truth + 0.01
+    assert truth - means[1] > 0.05  # the approximation costs something measurable
+
+
+def test_auroc_of_separable_and_identical_scores():
+    assert auroc(torch.tensor([3.0, 4.0, 5.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([3.0, 4.0, 5.0])) == 0.0
+    same = torch.linspace(0, 1, 50)
+    assert auroc(same, same.clone()) == pytest.approx(0.5)
+
+
+def test_ood_cli_end_to_end(npz, tmp_path, capsys):
+    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__steps=4))
+    other = tmp_path / "other.npz"
+    np.savez(other, images=np.full((30, 8, 8, 3), 255, dtype=np.uint8))  # all-white images
+    report = tmp_path / "report"
+    code = main(["ood", str(result.run_dir), "--out", f"npz={other}", "--samples", "3", "--report", str(report)])
+    assert code == 0
+    saved = json.loads((report / "ood.json").read_text())
+    assert saved["reference"] == "in-train" and saved["counts"] == {"in-train": 40, f"npz={other}": 30}
+    assert 0.0 <= saved["auroc"][f"npz={other}"] <= 1.0
+    assert all((report / name).is_file() for name in ("ood.md", "scores.png", "roc.png"))
+    assert f"| npz={npz} | npz={other} |" in capsys.readouterr().out
+
+
+def test_ood_mismatched_image_size_is_one_line(npz, tmp_path, capsys):
+    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__steps=2))
+    assert main(["ood", str(result.run_dir), "--out", "digits"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "softintrovae: error: dataset 'digits' has 1x28x28 images, but the model takes 3x8x8"
+    assert main(["ood", str(result.run_dir), "--out", "nonsense"]) == 2
+    assert "unknown image dataset 'nonsense'" in capsys.readouterr().err
+    assert main(["ood", str(result.run_dir), "--out", "digits", "--score", "bpd"]) == 2
+    assert "--score must be one of elbo, elbo_beta, iw, got 'bpd'" in capsys.readouterr().err
