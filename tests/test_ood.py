@@ -129,3 +129,26 @@ def test_ood_mismatched_image_size_is_one_line(npz, tmp_path, capsys):
     assert "unknown image dataset 'nonsense'" in capsys.readouterr().err
     assert main(["ood", str(result.run_dir), "--out", "digits", "--score", "bpd"]) == 2
     assert "--score must be one of elbo, elbo_beta, iw, got 'bpd'" in capsys.readouterr().err
+
+
+def test_reproduce_ood_scores_both_runs_on_the_available_out_sets(tmp_path, capsys):
+    pytest.importorskip("sklearn")  # the digits out-set
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey28.npz"
+    np.savez(grey, images=rng.integers(0, 256, (24, 28, 28, 1), dtype=np.uint8))
+    runs = []
+    for method in ("vae", "soft-introvae"):
+        overrides = tiny(grey, train__steps=2, model__channels=[4], method__name=method, eval__fid_samples=0)
+        runs.append(str(train("npz", out=tmp_path / method, overrides=overrides).run_dir))
+    out = tmp_path / "ood"
+    assert main(["reproduce", "ood", "--runs", *runs, "--out", str(out), "--samples", "2", "--limit", "30"]) == 0
+    table = (out / "ood.md").read_text()
+    assert "| npz | digits |" in table and "Out-sets not available here: mnist" in table
+    saved = json.loads((out / "ood.json").read_text())
+    for method in ("vae", "soft-introvae"):
+        assert saved[method]["counts"] == {"in-train": 24, "digits": 30}
+        assert set(saved[method]["auroc_by_score"]) == {"elbo", "elbo_beta", "iw"}
+        assert (out / method / "scores.png").is_file() and (out / method / "roc.png").is_file()
+    assert main(["reproduce", "ood", "--runs", runs[0], "--out", str(out)]) == 2
+    assert main(["reproduce", "table2", "--runs", *runs]) == 2
+    assert "--runs applies to 'reproduce ood'" in capsys.readouterr().err

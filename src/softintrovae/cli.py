@@ -129,6 +129,10 @@ def cmd_reproduce(args) -> int:
     from .reproduce import DEFAULT_SEEDS, report_paths, reproduce
 
     experiment = args.experiment
+    if experiment == "ood":
+        return _reproduce_ood(args)
+    if args.runs is not None:
+        raise UserError(f"--runs applies to 'reproduce ood', not to 'reproduce {experiment}'")
     only = {"--datasets": (args.datasets, "table2"), "--methods": (args.methods, "table2"), "--margins": (args.margins, "stability")}
     for flag, (value, allowed) in only.items():
         if value is not None and experiment != allowed:
@@ -152,6 +156,21 @@ def cmd_reproduce(args) -> int:
     for path in report_paths(experiment, out):
         print(f"{path.suffix[1:]:>4}: {path}")
     print((out / f"{experiment}.md").read_text())
+    return 0
+
+
+def _reproduce_ood(args) -> int:
+    from .ood import reproduce_ood
+
+    ignored = [flag for flag, value in (("--datasets", args.datasets), ("--methods", args.methods), ("--margins", args.margins), ("--seeds", args.seeds)) if value is not None]
+    if ignored:
+        raise UserError(f"{ignored[0]} does not apply to 'reproduce ood'")
+    out = Path(args.out or Path("runs") / "reproduce" / "ood")
+    print(f"reproduce ood: {'scoring ' + ', '.join(args.runs) if args.runs else 'training or reusing the VAE and Soft-IntroVAE in ' + str(out)} ...")
+    reproduce_ood(out, runs=args.runs, overrides=_overrides(args.set), samples=args.samples, limit=args.limit)
+    print((out / "ood.md").read_text())
+    for path in (out / "ood.md", out / "ood.json", out / "vae" / "scores.png", out / "soft-introvae" / "scores.png"):
+        print(path)
     return 0
 
 
@@ -241,8 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="regenerate a result of the paper's 2D study: table2, stability or collapse")
-    p.add_argument("experiment", choices=["table2", "stability", "collapse"])
+    p = sub.add_parser("reproduce", help="regenerate a result of the paper: table2, stability, collapse (2D) or ood (Table 7)")
+    p.add_argument("experiment", choices=["table2", "stability", "collapse", "ood"])
+    p.add_argument("--runs", nargs=2, metavar=("VAE_RUN", "SOFT_RUN"), help="ood: score these finished runs instead of training")
+    p.add_argument("--samples", type=int, default=5, help="ood: importance samples M (default 5)")
+    p.add_argument("--limit", type=int, default=2000, help="ood: images per set at most (default 2000)")
     p.add_argument("--seeds", type=int, help="seeds per setting (default: table2 5, stability 3, collapse 3)")
     p.add_argument("--iterations", type=int, default=30000, help="training iterations per run (paper: 30000)")
     p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings")
