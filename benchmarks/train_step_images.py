@@ -11,7 +11,8 @@ is reported, with ratios against the reference measured in the same run. Nothing
 bf16 pays off only where the CPU has native bf16 (AVX-512 BF16 / AMX) or on a GPU.
 
     python benchmarks/train_step_images.py [--archs cifar10,mnist] [--batch-sizes 32,128]
-                                           [--seconds 2] [--rounds 3] [--threads N] [--device cpu]
+                                           [--precisions fp32,bf16-mixed] [--seconds 2] [--rounds 3]
+                                           [--threads N] [--device cpu]
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ ARCHS = {  # image shape, channels, z_dim, (β_rec, β_kl, β_neg) of the offici
 }
 
 
-def make_variants(arch: str, batch_size: int, device: torch.device) -> dict:
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+def make_variants(arch: str, batch_size: int, device: torch.device, precisions=PRECISIONS) -> dict:
     shape, channels, z_dim, (beta_rec, beta_kl, beta_neg) = ARCHS[arch]
     torch.manual_seed(0)
     encoder = ResidualEncoder(shape, channels, z_dim).to(device)
@@ -53,7 +57,7 @@ def make_variants(arch: str, batch_size: int, device: torch.device) -> dict:
     e, d, opts = fresh()
     variants = {"reference fp32": lambda: reference_soft_introvae_step(e, d, *opts, x, z_dim=z_dim, scale=scale, **hp)}
     bf16 = partial(torch.autocast, device.type, dtype=torch.bfloat16)
-    for precision, autocast in (("fp32", nullcontext), ("bf16-mixed", bf16)):
+    for precision, autocast in [(p, a) for p, a in (("fp32", nullcontext), ("bf16-mixed", bf16)) if p in precisions]:
         for layout, memory_format in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             e, d, opts = fresh(memory_format)
             method = SoftIntroVAE(e, d, *opts, MethodConfig(vae_warmup_steps=0, **hp), scale=scale, z_dim=z_dim, autocast=autocast)
@@ -80,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="cifar10,mnist", help=f"comma-separated, from {', '.join(ARCHS)}")
     parser.add_argument("--batch-sizes", default="32,128")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS), help="optimized-step precisions to time (bf16 is slow without native bf16)")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -93,6 +98,9 @@ def main() -> None:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     except ValueError:
         parser.error(f"--batch-sizes must be comma-separated integers, got {args.batch_sizes!r}")
+    precisions = [p for p in args.precisions.split(",") if p]
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precisions must list some of {', '.join(PRECISIONS)}, got {args.precisions!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -102,7 +110,7 @@ def main() -> None:
     summary = []
     for arch in archs:
         for batch_size in batch_sizes:
-            variants = make_variants(arch, batch_size, device)
+            variants = make_variants(arch, batch_size, device, precisions)
             rates: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, fn in variants.items():
@@ -113,13 +121,17 @@ def main() -> None:
             for name, values in rates.items():
                 rate = statistics.median(values)
                 print(f"{name:<38}{rate:>9.1f}{rate / base:>13.2f}x")
-            best_fp32 = max(statistics.median(rates[f"optimized fp32 {layout}"]) for layout in ("NCHW", "channels_last"))
-            bf16_cl = statistics.median(rates["optimized bf16-mixed channels_last"])
-            summary.append((arch, batch_size, best_fp32 / base, bf16_cl / base))
+            ratios = {
+                f"{precision} {layout}": statistics.median(rates[f"optimized {precision} {layout}"]) / base
+                for precision, layout in (("fp32", "NCHW"), ("fp32", "channels_last"), ("bf16-mixed", "channels_last"))
+                if f"optimized {precision} {layout}" in rates
+            }
+            summary.append((arch, batch_size, ratios))
 
     print("\nratios against the reference step (targets: fp32 >= 1.2x, bf16-mixed + channels_last >= 2x)")
-    for arch, batch_size, fp32, bf16 in summary:
-        print(f"  {arch:<8} batch {batch_size:<4} best optimized fp32 {fp32:.2f}x   bf16-mixed channels_last {bf16:.2f}x")
+    for arch, batch_size, ratios in summary:
+        shown = "   ".join(f"{name} {value:.2f}x" for name, value in ratios.items())
+        print(f"  {arch:<8} batch {batch_size:<4} {shown}")
 
 
 if __name__ == "__main__":
