@@ -152,3 +152,21 @@ def test_reproduce_ood_scores_both_runs_on_the_available_out_sets(tmp_path, caps
     assert main(["reproduce", "ood", "--runs", runs[0], "--out", str(out)]) == 2
     assert main(["reproduce", "table2", "--runs", *runs]) == 2
     assert "--runs applies to 'reproduce ood'" in capsys.readouterr().err
+
+
+def test_reproduce_ood_trains_both_models_then_reuses_them(tmp_path):
+    pytest.importorskip("sklearn")  # the digits out-set
+    from softintrovae.ood import reproduce_ood
+
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey28.npz"
+    np.savez(grey, images=rng.integers(0, 256, (24, 28, 28, 1), dtype=np.uint8))
+    overrides = tiny(grey, train__steps=2, model__channels=[4])
+    out = tmp_path / "ood"
+    first = reproduce_ood(out, preset="npz", overrides=overrides, samples=2, limit=20, progress=False)
+    assert {m: first[m]["step"] for m in ("vae", "soft-introvae")} == {"vae": 2, "soft-introvae": 2}
+    assert (out / "vae" / "metrics.json").is_file() and (out / "soft-introvae" / "checkpoints").is_dir()
+    before = (out / "vae" / "metrics.json").stat().st_mtime_ns
+    again = reproduce_ood(out, preset="npz", overrides=overrides, samples=2, limit=20, progress=False)
+    assert (out / "vae" / "metrics.json").stat().st_mtime_ns == before  # finished runs are reused, not retrained
+    assert again["soft-introvae"]["auroc"] == first["soft-introvae"]["auroc"]  # seeded scoring
