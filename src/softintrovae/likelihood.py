@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .evaluation import eval_mode
 from .models import forward, num_classes_of
-from .objectives import _full_precision, kl_to_standard_normal, reconstruction_loss
+from .objectives import full_precision, kl_to_standard_normal, reconstruction_loss
 
 SCORES = ("elbo", "elbo_beta", "iw")
 LOG_2PI = math.log(2 * math.pi)
@@ -65,13 +65,13 @@ def score_batch(
     """``elbo``, ``elbo_beta`` and ``iw`` (see the module docstring) for a batch x, each (B,) on the CPU."""
     if samples < 1:
         raise ValueError(f"the number of importance samples must be >= 1, got {samples}")
-    mu, logvar = (_full_precision(t) for t in forward(encoder, x, labels))
+    mu, logvar = (full_precision(t) for t in forward(encoder, x, labels))
     batch, z_dim = mu.shape
     eps = torch.randn(samples, batch, z_dim, generator=generator, dtype=torch.float64).to(mu.device, mu.dtype)
     z = mu + eps * torch.exp(0.5 * logvar)  # (M, B, z)
     flat_labels = None if labels is None else labels.repeat(samples)
-    x_hat = _full_precision(forward(decoder, z.reshape(samples * batch, z_dim), flat_labels))
-    x_rep = _full_precision(x).repeat(samples, *([1] * (x.ndim - 1)))
+    x_hat = full_precision(forward(decoder, z.reshape(samples * batch, z_dim), flat_labels))
+    x_rep = full_precision(x).repeat(samples, *([1] * (x.ndim - 1)))
     log_px_z = decoder_log_likelihood(x_rep, x_hat, kind, beta_rec).view(samples, batch)
     log_pz = log_normal(z, torch.zeros_like(z), torch.zeros_like(z))
     log_qz = log_normal(z, mu, logvar)
@@ -96,18 +96,17 @@ def score_images(
     decoder: nn.Module,
     images: Tensor,
     *,
-    beta_rec: float,
-    beta_kl: float,
-    kind: str = "mse",
-    samples: int = 5,
     seed: int = 0,
     labels: Tensor | None = None,
     batch_size: int = 256,
     progress=None,
+    **score_settings,
 ) -> dict[str, Tensor]:
     """Scores of float images (N, C, H, W) in [0, 1], in batches, networks in eval mode.
 
-    A class-conditional model needs ``labels``; ``progress`` (a tqdm bar) is advanced per image.
+    ``score_settings`` are :func:`score_batch`'s (beta_rec, beta_kl, kind, samples); the draws come
+    from one generator seeded with ``seed``. A class-conditional model needs ``labels``;
+    ``progress`` (a tqdm bar) is advanced per image.
     """
     if num_classes_of(decoder) and labels is None:
         raise ValueError("a class-conditional model needs the images' labels to score them")
@@ -116,10 +115,8 @@ def score_images(
     parts: dict[str, list[Tensor]] = {name: [] for name in SCORES}
     with eval_mode(encoder, decoder):
         for x, y in _batches(images, labels, batch_size):
-            scores = score_batch(
-                encoder, decoder, x.to(device), beta_rec=beta_rec, beta_kl=beta_kl, kind=kind, samples=samples,
-                generator=generator, labels=None if y is None else y.to(device),
-            )  # fmt: skip
+            labels_here = None if y is None else y.to(device)
+            scores = score_batch(encoder, decoder, x.to(device), generator=generator, labels=labels_here, **score_settings)
             for name in SCORES:
                 parts[name].append(scores[name])
             if progress is not None:

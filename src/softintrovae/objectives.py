@@ -17,7 +17,7 @@ from torch import Tensor
 RECONSTRUCTION_KINDS = ("mse", "bce")
 
 
-def _full_precision(t: Tensor) -> Tensor:
+def full_precision(t: Tensor) -> Tensor:
     """Upcast fp16/bf16 (autocast outputs) to fp32; leave fp32 and fp64 alone."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
@@ -45,7 +45,7 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor, kind: str = "mse", reduction: 
     ``mse``: squared error (a Gaussian decoder up to constants); ``bce``: binary cross-entropy,
     with ``x_hat`` a probability in [0, 1]. Computed in fp32 whatever the autocast dtype.
     """
-    x, x_hat = _full_precision(x.flatten(1)), _full_precision(x_hat.flatten(1))
+    x, x_hat = full_precision(x.flatten(1)), full_precision(x_hat.flatten(1))
     if kind == "mse":
         per_sample = F.mse_loss(x_hat, x, reduction="none").sum(1)
     elif kind == "bce":
@@ -57,7 +57,7 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor, kind: str = "mse", reduction: 
 
 def kl_to_standard_normal(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
     """KL(N(μ, σ²) ‖ N(0, I)) summed over latent dimensions; μ, log σ²: (B, z_dim)."""
-    mu, logvar = _full_precision(mu), _full_precision(logvar)
+    mu, logvar = full_precision(mu), full_precision(logvar)
     per_sample = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1)
     return _reduce(per_sample, reduction)
 

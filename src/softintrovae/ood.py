@@ -63,21 +63,25 @@ def load_scored_images(spec: DatasetSpec, split: str, image_shape: tuple[int, ..
     return images.float().div(255), labels
 
 
+def _scores_and_target(in_scores: torch.Tensor, out_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All scores and their binary targets: in-distribution positive (1), out-of-distribution 0."""
+    scores = torch.cat([in_scores, out_scores]).double()
+    target = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).long()
+    return scores, target
+
+
 def auroc(in_scores: torch.Tensor, out_scores: torch.Tensor) -> float:
     """AUROC of separating in- (positive) from out-of-distribution scores, higher = more "in"."""
     from torchmetrics.functional.classification import binary_auroc
 
-    scores = torch.cat([in_scores, out_scores]).double()
-    target = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).long()
-    return float(binary_auroc(scores, target))
+    return float(binary_auroc(*_scores_and_target(in_scores, out_scores)))
 
 
 def roc_curve(in_scores: torch.Tensor, out_scores: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates) over all thresholds, as :func:`auroc` counts them."""
     from torchmetrics.functional.classification import binary_roc
 
-    scores = torch.cat([in_scores, out_scores]).double()
-    target = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).long()
-    fpr, tpr, _ = binary_roc(scores, target)
+    fpr, tpr, _ = binary_roc(*_scores_and_target(in_scores, out_scores))
     return fpr.numpy(), tpr.numpy()
 
 
@@ -109,8 +113,7 @@ def run_ood(
     config = model.run.load_config()
     inside = DatasetSpec.parse(in_set) if in_set else DatasetSpec(config.data.name, config.data.root)
     shape = tuple(model.data.input_shape)
-    conditional = num_classes_of(model.decoder) > 0
-    if conditional:
+    if num_classes_of(model.decoder):
         raise UserError("OOD scores of a class-conditional model would need the out-sets' labels; use an unconditional run")
 
     every: dict[str, dict[str, torch.Tensor]] = {}  # set name -> score name -> (N,)
