@@ -330,3 +330,12 @@ def test_gpu_presets_build_the_paper_architecture():
         assert (encoder.levels, decoder.image_size) == (7, 256)
         schedule = GrowthSchedule(config.growth, encoder.levels, dataset_size=1000, batch_size=config.data.batch_size)
         assert [lv.beta_neg for lv in schedule.levels] == [2048, 2048, 2048, 1024, 512, 512, 512]
+
+
+def test_blending_runs_under_bf16_autocast():
+    encoder, decoder = networks(channels=[8, 8, 4], image_channels=1)
+    set_all(2, 0.3, encoder, decoder)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = decoder.prior(torch.randn(2, 8))
+        mu, logvar = encoder(x)
+    assert x.shape == (2, 1, 16, 16) and torch.isfinite(mu.float()).all()

@@ -247,7 +247,7 @@ class StyleDecoder(_Progressive):
             x = self.blocks[i](x, styles[:, 2 * i], styles[:, 2 * i + 1])
         out = self.to_rgb[level](x)
         if lower is not None:
-            out = torch.lerp(lower, out, alpha)
+            out = lower + alpha * (out - lower)  # lerp, with dtype promotion under autocast
         if not self.training and out.shape[-1] != self.image_size:
             out = F.interpolate(out, size=(self.image_size, self.image_size), mode="nearest")
         return out
@@ -326,7 +326,7 @@ class StyleEncoder(_Progressive):
         h, w = self.blocks[level](h)
         if self.blending():
             lower = act(self.from_rgb[level - 1](F.avg_pool2d(x, 2)))
-            h, w = torch.lerp(lower, h, alpha), w * alpha
+            h, w = lower + alpha * (h - lower), w * alpha
         for i in range(level - 1, -1, -1):
             h, style = self.blocks[i](h)
             w = w + style
