@@ -329,6 +329,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, *, 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with warnings.catch_warnings():
+        warnings.simplefilter("always", RunWarning)
         warnings.showwarning = _show_warning
         return _run(argv)
 

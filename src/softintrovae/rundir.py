@@ -89,6 +89,7 @@ class _HashingWriter:
 
     def __init__(self, file, die_midway: bool = False):
         self.file, self.sha256, self.written, self.die_midway = file, hashlib.sha256(), 0, die_midway
+        self.error: OSError | None = None  # torch.save hides it behind its own RuntimeError
 
     def write(self, data) -> int:
         if self.die_midway and self.written > 0:  # the crash-test hook: part of the file is on disk
@@ -97,7 +98,11 @@ class _HashingWriter:
             os.kill(os.getpid(), signal.SIGKILL)
         self.sha256.update(data)
         self.written += len(data)
-        return self.file.write(data)
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.file.flush()
@@ -116,7 +121,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     def write(f) -> None:
         writer.append(_HashingWriter(f, die_midway=_dies_during(path)))
-        torch.save(state, writer[0])
+        try:
+            torch.save(state, writer[0])
+        except Exception:
+            if writer[0].error is not None:  # e.g. a full disk: report that, not torch's follow-up error
+                raise writer[0].error from None
+            raise
 
     def write_checksum() -> None:
         atomic_write_text(checksum_path(path), f"{writer[0].sha256.hexdigest()}  {path.name}\n")
