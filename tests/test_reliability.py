@@ -240,3 +240,26 @@ def test_skip_stops_after_too_many_batches_in_a_row(tmp_path, monkeypatch):
     overrides = schedule(train__steps=20, train__on_nonfinite="skip", train__max_consecutive_skips=3)
     with pytest.warns(RunWarning), pytest.raises(TrainingDiverged, match=r"at step 7 .* 4 batches in a row \(train.max_consecutive_skips is 3\)"):
         train(PRESET, out=tmp_path / "run", overrides=overrides)
+
+
+# --- safe by default ------------------------------------------------------------------------------
+
+
+def test_the_package_never_unpickles_or_evaluates_what_it_reads():
+    import re
+    from pathlib import Path
+
+    import softintrovae
+
+    forbidden = [r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"\bimport pickle\b", r"yaml\.load\(", r"yaml\.unsafe_load",
+                 r"allow_pickle=True", r"weights_only=False", r"yaml\.Loader\b"]  # fmt: skip
+    sources = sorted(Path(softintrovae.__file__).parent.rglob("*.py"))
+    assert len(sources) > 10
+    for path in sources:
+        text = path.read_text()
+        for pattern in forbidden:
+            assert not re.search(pattern, text), f"{path.name}: {pattern}"
+        for call in re.findall(r"torch\.load\([^)]*\)", text):
+            assert "weights_only=True" in call, f"{path.name}: {call}"
+        for call in re.findall(r"np\.load\([^)]*\)", text):
+            assert "allow_pickle=False" in call, f"{path.name}: {call}"
