@@ -263,3 +263,22 @@ def test_the_package_never_unpickles_or_evaluates_what_it_reads():
             assert "weights_only=True" in call, f"{path.name}: {call}"
         for call in re.findall(r"np\.load\([^)]*\)", text):
             assert "allow_pickle=False" in call, f"{path.name}: {call}"
+
+
+def test_skip_restores_batchnorm_statistics_of_an_image_run(tmp_path, monkeypatch):
+    import numpy as np
+
+    npz = tmp_path / "images.npz"
+    np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+    overrides = {
+        "data.root": str(npz), "data.batch_size": 8, "model.channels": [4, 8], "model.z_dim": 4,
+        "method.vae_warmup_steps": 2, "train.epochs": 0, "train.steps": 5, "train.checkpoint_every": 4,
+        "train.eval_every": 0, "train.progress": False, "train.on_nonfinite": "skip",
+    }  # fmt: skip
+    poison(monkeypatch, {4}, "gradient")
+    with pytest.warns(RunWarning, match=r"non-finite gradient at step 4 \(gradient of loss_decoder\)"):
+        train("npz", out=tmp_path / "run", overrides=overrides)
+    before, after = (load_checkpoint(p) for p in RunDir(tmp_path / "run").checkpoints())
+    assert (before["step"], after["step"]) == (4, 5)
+    assert any("running_mean" in name for name in before["encoder"])
+    assert states_equal(before, after)  # weights and BatchNorm running statistics

@@ -132,6 +132,7 @@ class Stepper:
 
     def __init__(self, scaler: torch.amp.GradScaler | None = None, distributed: bool = False):
         self.scaler, self.distributed = scaler, distributed
+        self.stepped = False  # an optimizer stepped since the last end_step()
 
     def update(
         self,
@@ -154,11 +155,20 @@ class Stepper:
             raise NonFiniteUpdate(name, "gradient")
         for optimizer in optimizers:
             self.scaler.step(optimizer) if self.scaler else optimizer.step()
+        self.stepped = True
 
     def end_step(self) -> None:
         """Once per training step, after all updates: adapt the fp16 loss scale."""
         if self.scaler:
             self.scaler.update()
+        self.stepped = False
+
+    def abandon_step(self) -> None:
+        """After an update failed mid-step: close the scaler's record of the optimizers that did
+        step, so that the next step starts clean (the caller restores the scale it wants)."""
+        if self.scaler and self.stepped:
+            self.scaler.update()
+        self.stepped = False
 
 
 @dataclass

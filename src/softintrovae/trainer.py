@@ -38,6 +38,7 @@ from .errors import TrainingDiverged, UserError, warn
 from .evaluation import build_evaluator
 from .methods import NonFiniteUpdate, Stepper, build_method
 from .models import build_models
+from .rollback import StepSnapshot
 from .rundir import RunDir, atomic_write_text
 
 
@@ -77,17 +78,6 @@ def resolve_schedule(config: Config, data) -> tuple[int, int]:
     steps = config.train.epochs * steps_per_epoch if config.train.epochs else config.train.steps
     warmup = config.method.vae_warmup_epochs * steps_per_epoch if config.method.vae_warmup_epochs else config.method.vae_warmup_steps
     return steps, warmup
-
-
-def _clone(tree: Any) -> Any:
-    """A copy of nested dicts/lists/tuples whose tensors are cloned (a state to roll back to)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.clone()
-    if isinstance(tree, dict):
-        return {k: _clone(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(v) for v in tree)
-    return tree
 
 
 @contextmanager
@@ -267,31 +257,15 @@ class Trainer:
         bad = ", ".join(k for k, v in losses.items() if not math.isfinite(float(v)))
         raise NonFiniteUpdate(bad, "loss", values=losses)
 
-    def _snapshot(self) -> dict[str, Any]:
-        """What one step changes (weights, BatchNorm statistics, optimizer moments), to undo a skipped batch."""
-        return _clone({
-            "encoder": self.encoder.state_dict(),
-            "decoder": self.decoder.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
-        })  # fmt: skip
-
-    def _undo_step(self, snapshot: dict[str, Any]) -> None:
-        self.encoder.load_state_dict(snapshot["encoder"])
-        self.decoder.load_state_dict(snapshot["decoder"])
-        for optimizer, state in zip(self.optimizers, snapshot["optimizers"]):
-            optimizer.load_state_dict(state)
-        if self.scaler:
-            self.scaler.load_state_dict(snapshot["scaler"])
-
-    def _non_finite(self, problem: NonFiniteUpdate, snapshot: dict[str, Any] | None) -> None:
+    def _non_finite(self, problem: NonFiniteUpdate, snapshot: StepSnapshot | None) -> None:
         """Stop (``train.on_nonfinite: stop``), or undo the batch's updates and note the skip."""
         what = f"non-finite {problem.where} at step {self.step} ({problem.detail})"
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
         hint = "(often an unbounded log-variance: try a lower learning rate or beta_neg)"
         if snapshot is None:
             raise TrainingDiverged(f"{what}; training stopped and {kept} {hint}")
-        self._undo_step(snapshot)
+        self.method.stepper.abandon_step()
+        snapshot.restore()
         self.skipped_steps += 1
         self.consecutive_skips += 1
         limit = self.config.train.max_consecutive_skips
@@ -347,7 +321,7 @@ class Trainer:
                 if x.ndim == 4:
                     x = x.contiguous(memory_format=self.memory_format)
                 labels = y.to(self.device, non_blocking=True) if self.conditional else None
-                snapshot = self._snapshot() if skip else None
+                snapshot = StepSnapshot((self.encoder, self.decoder), self.optimizers, self.scaler) if skip else None
                 try:
                     losses = self.method.step(x, self.step, labels)
                     self._check_finite(losses)
