@@ -368,6 +368,15 @@ class RunResult:
     metrics: dict[str, float]
 
 
+def _record_or_unlock(run: RunDir, argv: list[str]) -> None:
+    """Note the command in the run, releasing the run's lock if even that fails (fit() releases it otherwise)."""
+    try:
+        run.record_command(argv)
+    except BaseException:
+        run.unlock()
+        raise
+
+
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -387,7 +396,7 @@ def train(
     path = Path(out or default_run_dir(config.name))
     if trainer.process.is_main:
         trainer.run = RunDir.create(path, config)
-        trainer.run.record_command(argv or ["python-api", "train", config.name])
+        _record_or_unlock(trainer.run, argv or ["python-api", "train", config.name])
     return RunResult(path, trainer.fit())
 
 
@@ -397,7 +406,7 @@ def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None
         overrides = dict(parse_override(o) for o in overrides)
     trainer = Trainer.resume(path, overrides)
     if trainer.process.is_main:
-        trainer.run.record_command(argv or ["python-api", "resume", str(path)])
+        _record_or_unlock(trainer.run, argv or ["python-api", "resume", str(path)])
     return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
 
 
