@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from softintrovae.cli import main
 from softintrovae.rundir import RunDir
 
 from .conftest import TINY
-from .test_images_data import idx_bytes, write_mnist_files
+from .test_images_data import write_mnist_files
 
 SETS = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
 IMAGE_SETS = ["--set", "data.batch_size=4", "--set", "model.channels=[4]", "--set", "model.z_dim=2", "--set", "train.epochs=0",
@@ -190,7 +191,7 @@ CORPUS: dict[str, tuple[Callable[[Place], list[str]], str]] = {
     "resume changing the method": (lambda p: ["train", "--resume", str(p.run), "--set", "method.beta_kl=0.5"], "cannot change 'method.beta_kl'"),
     "train into an existing run": (lambda p: ["train", "vae-8gaussians", "--out", str(p.run)], "already holds a run"),
     "run locked by a live process": (
-        lambda p: (p.run / "lock").write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname()})) and ["train", "--resume", str(p.run)],
+        lambda p: (p.run / "lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()})) and ["train", "--resume", str(p.run)],
         f"is in use by process {os.getpid()}",
     ),
     "unreadable lock file": (lambda p: (p.run / "lock").write_text("garbage") and ["evaluate", str(p.run)], "not a lock file"),

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import softintrovae
 from softintrovae import methods
 from softintrovae.cli import main
 from softintrovae.errors import RunWarning, TrainingDiverged, UserError
@@ -79,7 +84,7 @@ def test_the_checksum_catches_what_torch_load_does_not(tmp_path):
     train(PRESET, out=out, overrides=schedule(train__steps=5))
     path = RunDir(out).latest_checkpoint()
     assert path.with_name(path.name + ".sha256").read_text().split() == [
-        __import__("hashlib").sha256(path.read_bytes()).hexdigest(),
+        hashlib.sha256(path.read_bytes()).hexdigest(),
         path.name,
     ]
     flip_a_byte(path)
@@ -246,11 +251,6 @@ def test_skip_stops_after_too_many_batches_in_a_row(tmp_path, monkeypatch):
 
 
 def test_the_package_never_unpickles_or_evaluates_what_it_reads():
-    import re
-    from pathlib import Path
-
-    import softintrovae
-
     forbidden = [r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"\bimport pickle\b", r"yaml\.load\(", r"yaml\.unsafe_load",
                  r"allow_pickle=True", r"weights_only=False", r"yaml\.Loader\b"]  # fmt: skip
     sources = sorted(Path(softintrovae.__file__).parent.rglob("*.py"))
@@ -266,8 +266,6 @@ def test_the_package_never_unpickles_or_evaluates_what_it_reads():
 
 
 def test_skip_restores_batchnorm_statistics_of_an_image_run(tmp_path, monkeypatch):
-    import numpy as np
-
     npz = tmp_path / "images.npz"
     np.savez(npz, images=np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
     overrides = {

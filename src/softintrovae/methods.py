@@ -249,7 +249,8 @@ class Method:
         rec = reconstruction_loss(x, x_r, cfg.reconstruction)
         kl = kl_to_standard_normal(mu, logvar)
         loss = vae_loss(rec, kl, cfg.beta_rec, cfg.beta_kl)
-        self.stepper.update([self.optimizer_encoder, self.optimizer_decoder], loss, self.encoder_params + self.decoder_params, name="loss")
+        both = [self.optimizer_encoder, self.optimizer_decoder]
+        self.stepper.update(both, loss, self.encoder_params + self.decoder_params, name="loss")
         return {"loss": loss, "rec": rec, "kl": kl}
 
 

@@ -73,7 +73,9 @@ class RunLock:
         except FileNotFoundError:
             return  # released meanwhile: try again
         except (ValueError, KeyError, TypeError, OSError):
-            raise UserError(f"{str(self.path)!r} is not a lock file this version understands; delete it if no process uses the run") from None
+            raise UserError(
+                f"{str(self.path)!r} is not a lock file this version understands; delete it if no process uses the run"
+            ) from None
         if host == self.record["host"]:
             stale = not _process_alive(pid)
             why = f"process {pid} is no longer running"

@@ -270,7 +270,10 @@ class Trainer:
         self.consecutive_skips += 1
         limit = self.config.train.max_consecutive_skips
         if self.consecutive_skips > limit:
-            raise TrainingDiverged(f"{what}, {self.consecutive_skips} batches in a row (train.max_consecutive_skips is {limit}); training stopped and {kept} {hint}")
+            raise TrainingDiverged(
+                f"{what}, {self.consecutive_skips} batches in a row (train.max_consecutive_skips is {limit}); "
+                f"training stopped and {kept} {hint}"
+            )
         self.log({"step": self.step + 1, "kind": "skipped", "batch": self.step, "loss": problem.loss_name, "what": problem.where})
         if self.process.is_main:
             warn(f"{what}: batch skipped, none of its updates applied ({self.skipped_steps} skipped so far)")
