@@ -111,6 +111,9 @@ def test_2d_run_killed_at_a_random_step_resumes_bit_for_bit(tmp_path, seed, refe
         assert main(["train", "--resume", str(out)]) == 2
         assert f"is in use by process {proc.pid}" in capsys.readouterr().err
     kill_at(proc, [out], target)
+    # nothing computed before the last checkpoint is lost (the kill may land while step c is being saved)
+    every = OVERRIDES_2D["train.checkpoint_every"]
+    assert load_checkpoint(RunDir(out).latest_checkpoint())["step"] >= (target // every - 1) * every
     with pytest.warns(RunWarning, match=f"took over the lock .* left by process {proc.pid}"):
         resume(out)
     assert_same_training(out, reference_2d)
