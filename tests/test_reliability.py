@@ -280,3 +280,19 @@ def test_skip_restores_batchnorm_statistics_of_an_image_run(tmp_path, monkeypatc
     assert (before["step"], after["step"]) == (4, 5)
     assert any("running_mean" in name for name in before["encoder"])
     assert states_equal(before, after)  # weights and BatchNorm running statistics
+
+
+def test_a_full_disk_while_logging_is_one_line(tmp_path, capsys, monkeypatch):
+    from softintrovae import rundir
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and mode == "a":
+            raise OSError(28, "No space left on device")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(rundir, "open", full_disk, raising=False)
+    out = tmp_path / "run"
+    code = main(["train", PRESET, "--out", str(out), *[a for k, v in schedule(train__steps=6).items() for a in ("--set", f"{k}={v}")]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "metrics.jsonl' (No space left on device)" in err[0], err
+    assert not RunDir(out).lock_path.exists()

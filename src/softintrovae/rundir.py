@@ -245,8 +245,11 @@ class RunDir:
             f.write(line + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk: one line, not a traceback (a torn line is skipped on reading)
+            raise RunDirWriteError(f"could not write {str(self.metrics_path)!r} ({exc.strerror or exc})") from None
 
     def read_log(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
@@ -266,7 +269,10 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write_final_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_text(self.final_metrics_path, json.dumps(metrics, indent=2) + "\n")
+        try:
+            atomic_write_text(self.final_metrics_path, json.dumps(metrics, indent=2) + "\n")
+        except OSError as exc:
+            raise RunDirWriteError(f"could not write {str(self.final_metrics_path)!r} ({exc.strerror or exc})") from None
 
     def checkpoints(self) -> list[Path]:
         """Checkpoint files, oldest first."""
