@@ -45,7 +45,7 @@ def load_trained(path: str | Path) -> TrainedModel:
     encoder, decoder = build_models(config.model, data.input_shape, getattr(data, "num_classes", 0))
     try:
         encoder.load_state_dict(state["encoder"])
-        decoder.load_state_dict(state["decoder"])
+        decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))  # the EMA decoder, when the run keeps one
     except (KeyError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
