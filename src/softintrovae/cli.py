@@ -1,7 +1,9 @@
 """The ``softintrovae`` command line: a thin layer over the Python API.
 
-Bad input exits with status 2 and one line naming the problem; a diverged training exits with 1,
-an interrupted one with 130 (after saving a checkpoint).
+Bad input exits with status 2 and one line naming the problem; a diverged training, or a run
+directory that cannot be written (a full disk), exits with 1; an interrupted one with 130 (after
+saving a checkpoint). Warnings of the run (a corrupt checkpoint passed over, a skipped batch) are
+one line each on stderr.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .config import load_presets, parse_override
 from .distributed import current_process
-from .errors import TrainingDiverged, UserError
+from .errors import RunDirWriteError, RunWarning, TrainingDiverged, UserError
 from .trainer import TrainingInterrupted, default_run_dir, evaluate, resume, train
 
 DEMO_PRESET = "demo"
@@ -316,8 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, *, default=warnings.showwarning):
+    if issubclass(category, RunWarning):
+        print(f"softintrovae: warning: {message}", file=sys.stderr)
+    else:
+        default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunWarning)
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
@@ -327,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingDiverged as exc:
         print(f"softintrovae: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except RunDirWriteError as exc:
+        print(f"softintrovae: error: {exc}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:
         print(f"softintrovae: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ from .errors import UserError
 
 METHODS = ("vae", "introvae", "soft-introvae")
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
+ON_NONFINITE = ("stop", "skip")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -138,15 +139,19 @@ class TrainConfig:
     progress: bool = True
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on many devices)
     ema_half_life: int = 0  # > 0: keep an EMA copy of the decoder (half-life in training images) for evaluation
+    # a NaN/inf loss or gradient: stop (keeping the last good checkpoint), or skip the batch's updates and go on
+    on_nonfinite: str = "stop"
+    max_consecutive_skips: int = 10  # with skip: stop after this many non-finite batches in a row
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
         _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.on_nonfinite", self.on_nonfinite, ON_NONFINITE)
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
-        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
             _check(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}")
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
@@ -343,6 +348,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
         raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"config file {str(path)!r} is not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

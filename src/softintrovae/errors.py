@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import warnings
+
 
 class UserError(Exception):
     """Bad input from the user (config, preset, flag, file, run directory)."""
 
 
+class CorruptCheckpoint(UserError):
+    """A checkpoint file is truncated, fails its checksum, or is not a checkpoint at all."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class RunDirWriteError(OSError):
+    """A file of the run directory could not be written (disk full, permissions); what was there is intact."""
+
+
+class RunWarning(UserWarning):
+    """Something went wrong and was worked around: a corrupt checkpoint passed over, a batch skipped."""
+
+
+def warn(message: str) -> None:
+    """Warn through :mod:`warnings` (the CLI prints a :class:`RunWarning` as one line on stderr)."""
+    warnings.warn(message, RunWarning, stacklevel=2)

@@ -99,7 +99,7 @@ def load_final_arrays(run_dir: Path) -> dict[str, np.ndarray] | None:
     path = Path(run_dir) / FINAL_ARRAYS
     if not path.exists():
         return None
-    with np.load(path) as arrays:
+    with np.load(path, allow_pickle=False) as arrays:
         return {k: arrays[k] for k in arrays.files}
 
 

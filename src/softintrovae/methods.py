@@ -98,30 +98,77 @@ def average_gradients(params: list[Tensor]) -> None:
         grad.copy_(part.view_as(grad))
 
 
+class NonFiniteUpdate(Exception):
+    """An update's loss or gradient is NaN/inf; raised before the optimizers of that update step."""
+
+    def __init__(self, loss_name: str, where: str, values: dict[str, Tensor] | None = None):
+        self.loss_name, self.where = loss_name, where  # where: "loss" or "gradient"
+        if where == "gradient":
+            self.detail = f"gradient of {loss_name}"
+        else:
+            shown = values or {}
+            self.detail = ", ".join(f"{name}={float(shown[name])}" if name in shown else name for name in loss_name.split(", "))
+        super().__init__(f"non-finite {where} ({self.detail})")
+
+
+def all_finite(loss: Tensor, grads: list[Tensor]) -> tuple[bool, bool]:
+    """(loss finite, gradients finite), with one device synchronisation."""
+    flags = [torch.isfinite(loss).all()]
+    if grads:
+        flags.append(torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all())
+    values = torch.stack(flags).tolist()
+    return bool(values[0]), bool(values[-1])
+
+
 class Stepper:
     """Backward pass and optimizer steps of one update.
 
     ``scaler`` (fp16-mixed) scales the loss and skips steps whose gradients overflowed; with
     ``distributed`` gradients are averaged over the processes before every optimizer step, so all
-    processes keep identical parameters.
+    processes keep identical parameters. A NaN/inf loss or gradient raises
+    :class:`NonFiniteUpdate` before the optimizers step (with fp16 loss scaling, overflowing
+    gradients are the scaler's to skip, so only the loss is checked).
     """
 
     def __init__(self, scaler: torch.amp.GradScaler | None = None, distributed: bool = False):
         self.scaler, self.distributed = scaler, distributed
+        self.stepped = False  # an optimizer stepped since the last end_step()
 
-    def update(self, optimizers: list[torch.optim.Optimizer], loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> None:
+    def update(
+        self,
+        optimizers: list[torch.optim.Optimizer],
+        loss: Tensor,
+        params: list[Tensor],
+        retain_graph: bool = False,
+        name: str = "loss",
+    ) -> None:
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward(inputs=params, retain_graph=retain_graph)
-        if self.distributed:
+        if self.distributed:  # before the check, so that every process sees the same gradients
             average_gradients(params)
+        grads = [] if self.scaler else [p.grad for p in params if p.grad is not None]
+        loss_finite, grads_finite = all_finite(loss.detach(), grads)
+        if not loss_finite:
+            raise NonFiniteUpdate(name, "loss", {name: loss.detach()})
+        if not grads_finite:
+            raise NonFiniteUpdate(name, "gradient")
         for optimizer in optimizers:
             self.scaler.step(optimizer) if self.scaler else optimizer.step()
+        self.stepped = True
 
     def end_step(self) -> None:
         """Once per training step, after all updates: adapt the fp16 loss scale."""
         if self.scaler:
             self.scaler.update()
+        self.stepped = False
+
+    def abandon_step(self) -> None:
+        """After an update failed mid-step: close the scaler's record of the optimizers that did
+        step, so that the next step starts clean (the caller restores the scale it wants)."""
+        if self.scaler and self.stepped:
+            self.scaler.update()
+        self.stepped = False
 
 
 @dataclass
@@ -206,7 +253,8 @@ class Method:
         rec = reconstruction_loss(x, x_r, cfg.reconstruction)
         kl = kl_to_standard_normal(mu, logvar)
         loss = vae_loss(rec, kl, cfg.beta_rec, cfg.beta_kl)
-        self.stepper.update([self.optimizer_encoder, self.optimizer_decoder], loss, self.encoder_params + self.decoder_params)
+        both = [self.optimizer_encoder, self.optimizer_decoder]
+        self.stepper.update(both, loss, self.encoder_params + self.decoder_params, name="loss")
         return {"loss": loss, "rec": rec, "kl": kl}
 
 
@@ -267,7 +315,7 @@ class SoftIntroVAE(IntrospectiveMethod):
         loss = soft_introvae_encoder_loss(
             rec, kl, [neg_elbo_rec, neg_elbo_fake], beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, scale=self.scale
         )
-        self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True)
+        self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
         losses = {
             "loss_encoder": loss,
             "rec": rec,
@@ -293,7 +341,7 @@ class SoftIntroVAE(IntrospectiveMethod):
             gamma_r=cfg.gamma_r,
             scale=self.scale,
         )
-        self.stepper.update([self.optimizer_decoder], loss, self.decoder_params)
+        self.stepper.update([self.optimizer_decoder], loss, self.decoder_params, name="loss_decoder")
         return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
 
 
@@ -313,7 +361,7 @@ class IntroVAE(IntrospectiveMethod):
         loss = introvae_encoder_loss(
             rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg, margin=cfg.margin
         )
-        self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True)
+        self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
         return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl})
 
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
@@ -322,7 +370,7 @@ class IntroVAE(IntrospectiveMethod):
             mu_n, logvar_n = self.encode_per_kind(result.decoded)
         kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
         loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=cfg.beta_neg)
-        self.stepper.update([self.optimizer_decoder], loss, self.decoder_params)
+        self.stepper.update([self.optimizer_decoder], loss, self.decoder_params, name="loss_decoder")
         return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
 
 

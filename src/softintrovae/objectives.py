@@ -8,6 +8,7 @@ data dimensions, a KL divergence over latent dimensions, and batch reductions ar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -76,8 +77,14 @@ def vae_loss(rec: Tensor, kl: Tensor, beta_rec: float, beta_kl: float) -> Tensor
 
 
 def expected_exp_elbo(neg_elbo: Tensor, scale: float) -> Tensor:
-    """mean_b exp(−2s·negative_elbo_b), the paper's exp(2s·ELBO) with α = 2; in (0, 1]."""
-    return torch.exp(-2.0 * scale * neg_elbo).mean()
+    """mean_b exp(−2s·negative_elbo_b), the paper's exp(2s·ELBO) with α = 2; in (0, 1].
+
+    The exponent is clamped at the log of the dtype's smallest normal number, so a very negative
+    ELBO gives a tiny positive term instead of underflowing to 0 (whose log would be −inf); the
+    gradient there is 0, as an underflowed exp's is, so training is unchanged.
+    """
+    exponent = -2.0 * scale * neg_elbo
+    return torch.exp(exponent.clamp(min=math.log(torch.finfo(exponent.dtype).tiny))).mean()
 
 
 def soft_introvae_encoder_loss(

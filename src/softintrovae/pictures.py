@@ -19,7 +19,7 @@ from .errors import UserError
 from .evaluation import eval_mode
 from .models import build_models, class_labels, forward, num_classes_of
 from .plots import plot_image_grid
-from .rundir import RunDir, load_checkpoint
+from .rundir import RunDir
 
 
 @dataclass
@@ -35,16 +35,20 @@ def load_trained(path: str | Path) -> TrainedModel:
     """The encoder and decoder of a run's latest checkpoint, on the CPU, with the run's data."""
     run = RunDir.open(path)
     config = run.load_config()
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
+    loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
+    if loaded is None:
         raise UserError(f"run directory {str(run.path)!r} has no checkpoint yet")
+    checkpoint, state = loaded
     data = build_data(config)
     if len(data.input_shape) != 3:
         raise UserError(f"{str(run.path)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
     encoder, decoder = build_models(config.model, data.input_shape, getattr(data, "num_classes", 0))
-    state = load_checkpoint(checkpoint)
-    encoder.load_state_dict(state["encoder"])
-    decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))  # the EMA decoder, when the run keeps one
+    try:
+        encoder.load_state_dict(state["encoder"])
+        decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))  # the EMA decoder, when the run keeps one
+    except (KeyError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
     return TrainedModel(encoder, decoder, data, int(state["step"]), run)
 
 

@@ -3,8 +3,11 @@
 It knows nothing of a particular method: it feeds batches to ``Method.step``, steps the learning
 rate schedules, logs, evaluates, checkpoints, and resumes exactly where a checkpoint left off
 (model, both optimizers, both schedulers, random state, step; data batches depend only on the
-step). A non-finite loss stops training without writing a checkpoint, so the last good one stays.
-SIGINT/SIGTERM finish the current step, save a checkpoint and stop.
+step). A NaN/inf loss or gradient is caught before the optimizers step: by default it stops
+training without writing a checkpoint, so the last good one stays; with
+``train.on_nonfinite: skip`` the batch's updates are undone and training goes on.
+SIGINT/SIGTERM finish the current step, save a checkpoint and stop. The process holds the run
+directory's lock (``RUN/lock``) while it trains, so a second writer is refused.
 
 Under ``torchrun`` every process runs this loop on its shard of the data; rank 0 alone writes the
 run directory (see :mod:`softintrovae.distributed`).
@@ -31,12 +34,13 @@ from tqdm.auto import tqdm
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
 from .data import build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, UserError, warn
 from .evaluation import build_evaluator
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
-from .methods import Stepper, build_method
+from .methods import NonFiniteUpdate, Stepper, build_method
 from .models import build_models
-from .rundir import RunDir, atomic_write_text, load_checkpoint
+from .rollback import StepSnapshot
+from .rundir import RunDir, atomic_write_text
 
 
 class TrainingInterrupted(Exception):
@@ -157,6 +161,8 @@ class Trainer:
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None
         self.checkpoint_step = -1
+        self.skipped_steps = 0  # batches whose updates were undone (train.on_nonfinite: skip)
+        self.consecutive_skips = 0
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -172,6 +178,8 @@ class Trainer:
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "rng": rng,
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self.consecutive_skips,
             "config": self.config.to_dict(),
             **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
             **({"decoder_ema": self.ema.module.state_dict()} if self.ema else {}),
@@ -191,6 +199,16 @@ class Trainer:
             self.ema.module.load_state_dict(state.get("decoder_ema", state["decoder"]))
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
+
+    def restore(self, state: dict[str, Any], checkpoint: Path) -> None:
+        """:meth:`load_state_dict` of ``checkpoint``'s state, with one line when it does not fit this run."""
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 saves (all processes hold the same weights); the others only note the step."""
@@ -216,36 +234,63 @@ class Trainer:
                 raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
             config = config_from_dict(apply_overrides(config.to_dict(), overrides))
             check_steps_override(config, overrides)
-            if is_main:
+        if is_main:
+            run.lock()  # released when fit() ends
+        try:
+            if overrides and is_main:
                 atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
                 if run.final_metrics_path.exists():  # it described the run before it was extended
                     run.final_metrics_path.unlink()
-        trainer = cls(config, run)
-        checkpoint = run.latest_checkpoint()
-        barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
-        if checkpoint is not None:
-            trainer.load_state_dict(load_checkpoint(checkpoint))
-            trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
-            if is_main:
-                run.truncate_log(trainer.step)
-        elif is_main and run.metrics_path.exists():  # nothing to resume from: start over with a clean log
-            run.metrics_path.unlink()
+            trainer = cls(config, run)
+            loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
+            barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
+            if loaded is not None:
+                checkpoint, state = loaded
+                trainer.restore(state, checkpoint)
+                trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
+                if is_main:
+                    run.set_aside_checkpoints_after(checkpoint)
+                    run.truncate_log(trainer.step)
+            elif is_main and run.metrics_path.exists():  # nothing to resume from: start over with a clean log
+                run.metrics_path.unlink()
+        except BaseException:
+            run.unlock()
+            raise
         if not is_main:
             trainer.run = None  # read-only from here: rank 0 owns the run directory
         return trainer
 
     # ---- loop --------------------------------------------------------------------------------
 
-    def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
+    @staticmethod
+    def _check_finite(losses: dict[str, torch.Tensor]) -> None:
+        """The logged losses too (the update losses were checked before their optimizer steps)."""
         values = torch.stack(list(losses.values()))
         if bool(torch.isfinite(values).all()):
             return
-        bad = ", ".join(f"{k}={float(v)}" for k, v in losses.items() if not math.isfinite(float(v)))
+        bad = ", ".join(k for k, v in losses.items() if not math.isfinite(float(v)))
+        raise NonFiniteUpdate(bad, "loss", values=losses)
+
+    def _non_finite(self, problem: NonFiniteUpdate, snapshot: StepSnapshot | None) -> None:
+        """Stop (``train.on_nonfinite: stop``), or undo the batch's updates and note the skip."""
+        what = f"non-finite {problem.where} at step {self.step} ({problem.detail})"
         kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"non-finite loss at step {step} ({bad}); training stopped and {kept} "
-            "(often an unbounded log-variance: try a lower learning rate or beta_neg)"
-        )
+        hint = "(often an unbounded log-variance: try a lower learning rate or beta_neg)"
+        if snapshot is None:
+            raise TrainingDiverged(f"{what}; training stopped and {kept} {hint}")
+        self.method.stepper.abandon_step()
+        snapshot.restore()
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        limit = self.config.train.max_consecutive_skips
+        if self.consecutive_skips > limit:
+            raise TrainingDiverged(
+                f"{what}, {self.consecutive_skips} batches in a row (train.max_consecutive_skips is {limit}); "
+                f"training stopped and {kept} {hint}"
+            )
+        self.log({"step": self.step + 1, "kind": "skipped", "batch": self.step, "loss": problem.loss_name, "what": problem.where})
+        if self.process.is_main:
+            warn(f"{what}: batch skipped, none of its updates applied ({self.skipped_steps} skipped so far)")
 
     def log(self, record: dict[str, Any]) -> None:
         if self.process.is_main:
@@ -263,7 +308,15 @@ class Trainer:
         return metrics
 
     def fit(self) -> dict[str, float]:
-        """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its metrics."""
+        """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its
+        metrics. The run directory's lock is released however it ends."""
+        try:
+            return self._fit()
+        finally:
+            if self.run is not None and self.process.is_main:
+                self.run.unlock()
+
+    def _fit(self) -> dict[str, float]:
         cfg, total_steps = self.config.train, self.total_steps
         flag = {"stop": False}
         progress = tqdm(
@@ -274,6 +327,7 @@ class Trainer:
             dynamic_ncols=True,
             smoothing=0.05,
         )
+        skip = cfg.on_nonfinite == "skip"
         batches = self.data.batches(self.step)
         started, seconds_before = time.perf_counter(), self.train_seconds
         with _stop_on_signals(flag), progress:
@@ -287,15 +341,21 @@ class Trainer:
                 labels = y.to(self.device, non_blocking=True) if self.conditional else None
                 if self.growth is not None:
                     self.growth.apply(self.step, [self.encoder, self.decoder], self.method, self.optimizers)
-                losses = self.method.step(x, self.step, labels)
-                self._check_finite(losses, self.step)
-                if self.ema is not None:
+                snapshot = StepSnapshot((self.encoder, self.decoder), self.optimizers, self.scaler) if skip else None
+                try:
+                    losses = self.method.step(x, self.step, labels)
+                    self._check_finite(losses)
+                    self.consecutive_skips = 0
+                except NonFiniteUpdate as problem:
+                    self._non_finite(problem, snapshot)
+                    losses = None
+                if losses is not None and self.ema is not None:  # a skipped batch leaves the EMA decoder alone too
                     self.ema.update(self.decoder, x.shape[0] * self.process.world_size)
                 for scheduler in self.schedulers:
                     scheduler.step()
                 self.step += 1
                 progress.update(1)
-                if self.step % cfg.log_every == 0 or self.step == total_steps:
+                if losses is not None and (self.step % cfg.log_every == 0 or self.step == total_steps):
                     record = {k: round(float(v), 6) for k, v in losses.items()}
                     if self.growth is not None:
                         record.update(zip(("level", "alpha"), self.encoder.progress))
@@ -333,6 +393,15 @@ class RunResult:
     metrics: dict[str, float]
 
 
+def _record_or_unlock(run: RunDir, argv: list[str]) -> None:
+    """Note the command in the run, releasing the run's lock if even that fails (fit() releases it otherwise)."""
+    try:
+        run.record_command(argv)
+    except BaseException:
+        run.unlock()
+        raise
+
+
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -352,7 +421,7 @@ def train(
     path = Path(out or default_run_dir(config.name))
     if trainer.process.is_main:
         trainer.run = RunDir.create(path, config)
-        trainer.run.record_command(argv or ["python-api", "train", config.name])
+        _record_or_unlock(trainer.run, argv or ["python-api", "train", config.name])
     return RunResult(path, trainer.fit())
 
 
@@ -362,7 +431,7 @@ def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None
         overrides = dict(parse_override(o) for o in overrides)
     trainer = Trainer.resume(path, overrides)
     if trainer.process.is_main:
-        trainer.run.record_command(argv or ["python-api", "resume", str(path)])
+        _record_or_unlock(trainer.run, argv or ["python-api", "resume", str(path)])
     return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
 
 
@@ -378,14 +447,18 @@ def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[st
         if bad:
             raise UserError(f"evaluation may only change eval.* settings, not {bad[0]!r}")
         config = config_from_dict(apply_overrides(config.to_dict(), overrides))
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
-        raise UserError(f"run directory {str(run.path)!r} has no checkpoint to evaluate")
-    trainer = Trainer(config, run)
-    state = load_checkpoint(checkpoint)
-    trainer.load_state_dict(state)
-    run.record_command(argv or ["python-api", "evaluate", str(path)])
-    metrics = trainer.evaluate(final=True)
-    timing = {"train_seconds": round(float(state["train_seconds"]), 1)} if "train_seconds" in state else {}
-    run.write_final_metrics({"step": trainer.step, "total_steps": trainer.total_steps, **metrics, **timing})
+    run.lock()  # it writes metrics.json and plots: not while a training writes the run
+    try:
+        loaded = run.load_latest_checkpoint()
+        if loaded is None:
+            raise UserError(f"run directory {str(run.path)!r} has no checkpoint to evaluate")
+        checkpoint, state = loaded
+        trainer = Trainer(config, run)
+        trainer.restore(state, checkpoint)
+        run.record_command(argv or ["python-api", "evaluate", str(path)])
+        metrics = trainer.evaluate(final=True)
+        timing = {"train_seconds": round(float(state["train_seconds"]), 1)} if "train_seconds" in state else {}
+        run.write_final_metrics({"step": trainer.step, "total_steps": trainer.total_steps, **metrics, **timing})
+    finally:
+        run.unlock()
     return RunResult(run.path, metrics)
