@@ -55,19 +55,34 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor, kind: str = "mse", reduction: 
     return _reduce(per_sample, reduction)
 
 
-def kl_to_standard_normal(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
-    """KL(N(μ, σ²) ‖ N(0, I)) summed over latent dimensions; μ, log σ²: (B, z_dim)."""
+def kl_to_standard_normal(mu: Tensor, logvar: Tensor, reduction: str = "mean", weights: Tensor | None = None) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) summed over latent dimensions; μ, log σ²: (B, z_dim).
+
+    ``weights`` (z_dim,), if given, weighs each dimension's KL: a model with several latents (a
+    content and a class latent) gives each its own β this way, Σ_g β_g·KL_g.
+    """
     mu, logvar = full_precision(mu), full_precision(logvar)
-    per_sample = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    terms = 1.0 + logvar - mu.pow(2) - logvar.exp()  # (B, z_dim)
+    per_sample = -0.5 * (terms if weights is None else terms * weights).sum(1)
     return _reduce(per_sample, reduction)
 
 
 def negative_elbo(
-    x: Tensor, x_hat: Tensor, mu: Tensor, logvar: Tensor, beta_rec: float, beta_kl: float, kind: str = "mse"
+    x: Tensor,
+    x_hat: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    beta_rec: float,
+    beta_kl: float,
+    kind: str = "mse",
+    kl_weights: Tensor | None = None,
 ) -> Tensor:
-    """Per-sample β-weighted negative ELBO: β_rec·L_rec(x, x̂) + β_kl·KL(q(z|x) ‖ p(z)); shape (B,)."""
+    """Per-sample β-weighted negative ELBO: β_rec·L_rec(x, x̂) + β_kl·KL(q(z|x) ‖ p(z)); shape (B,).
+
+    With ``kl_weights`` the KL is weighed per latent dimension (see :func:`kl_to_standard_normal`).
+    """
     rec = reconstruction_loss(x, x_hat, kind, reduction="none")
-    return beta_rec * rec + beta_kl * kl_to_standard_normal(mu, logvar, reduction="none")
+    return beta_rec * rec + beta_kl * kl_to_standard_normal(mu, logvar, reduction="none", weights=kl_weights)
 
 
 def vae_loss(rec: Tensor, kl: Tensor, beta_rec: float, beta_kl: float) -> Tensor:

@@ -137,7 +137,7 @@ class Trainer:
             self.decoder,
             self.optimizers,
             scale,
-            config.model.z_dim,
+            getattr(self.decoder, "z_dim", config.model.z_dim),  # a two-latent decoder takes both latents
             autocast,
             Stepper(self.scaler, process.distributed),
         )
