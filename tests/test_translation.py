@@ -286,3 +286,49 @@ def test_translation_cli_end_to_end(small_benchmark, tmp_path, capsys):
     assert "--split must be train or test, got 'validation'" in capsys.readouterr().err
     assert main(["reproduce", "translation", "--seeds", "2"]) == 2
     assert "--seeds does not apply to 'reproduce translation'" in capsys.readouterr().err
+
+
+# ---- the perceptual reconstruction loss -----------------------------------------------------------------------
+
+
+def test_perceptual_loss_compares_features_and_passes_gradients_to_the_reconstruction(monkeypatch):
+    from softintrovae import objectives
+    from softintrovae.perceptual import PerceptualLoss
+
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(4, 2, 3, stride=2, padding=1))]
+    loss = PerceptualLoss(blocks, channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    x, x_hat = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8, requires_grad=True)
+    h_x, h_y = (x - 0.5) / 0.25, (x_hat - 0.5) / 0.25
+    first_x, first_y = blocks[0](h_x), blocks[0](h_y)
+    by_hand = ((first_x - first_y) ** 2).flatten(1).mean(1) + ((blocks[1](first_x) - blocks[1](first_y)) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(loss(x, x_hat), by_hand * 192)
+    assert torch.equal(loss(x, x), torch.zeros(2))
+    loss(x, x_hat).sum().backward()
+    assert x_hat.grad.abs().sum() > 0 and all(p.grad is None for p in loss.parameters())
+    assert loss(x[:, :1], x_hat[:, :1]).shape == (2,)  # gray images are repeated to RGB
+
+    monkeypatch.setitem(objectives.CUSTOM_RECONSTRUCTIONS, "perceptual", loss)
+    torch.testing.assert_close(objectives.reconstruction_loss(x, x_hat, "perceptual"), (by_hand * 192).mean())
+
+
+def test_perceptual_loss_of_our_feature_net_trains_a_translation_model(small_benchmark, tmp_path, monkeypatch):
+    from softintrovae import objectives
+    from softintrovae.metrics.features import train_feature_net
+    from softintrovae.trainer import train
+
+    monkeypatch.setattr(objectives, "CUSTOM_RECONSTRUCTIONS", {})  # leave no registered network behind
+    data = load_translation_set(DataConfig(name="rendered-objects", image_size=16), "train")
+    net, _ = train_feature_net(data.images, data.classes, tmp_path / "net.pt", epochs=1, progress=False)
+    overrides = {
+        "data.image_size": 16, "data.batch_size": 8, "model.channels": [4, 4], "model.z_dim": 3, "model.class_z_dim": 4,
+        "model.hidden_dim": 8, "train.steps": 2, "train.eval_every": 0, "train.progress": False,
+        "method.reconstruction": "perceptual", "method.perceptual_net": str(net),
+    }  # fmt: skip
+    result = train("translation-rendered-small", out=tmp_path / "run", overrides=overrides)
+    assert np.isfinite(result.metrics["rec_mse"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["rec"] > 0
+    for bad, message in (("vgg16:/nonexistent.pth", "not found|needs torchvision"), (str(tmp_path / "none.pt"), "neither vgg16 nor")):
+        with pytest.raises(UserError, match=message):
+            train("translation-rendered-small", out=tmp_path / "bad", overrides={**overrides, "method.perceptual_net": bad})

@@ -93,6 +93,7 @@ class MethodConfig:
     # these the class latent's (null: the same as beta_kl / beta_neg)
     beta_kl_class: float | None = None
     beta_neg_class: float | None = None
+    perceptual_net: str | None = None  # reconstruction perceptual: vgg16, vgg16:PATH or a feature net file
 
     def __post_init__(self) -> None:
         from .objectives import RECONSTRUCTION_KINDS
