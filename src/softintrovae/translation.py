@@ -18,21 +18,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-
-from .data.rendered import TranslationSet  # noqa: E402
-from .data.translation import load_translation_set  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .evaluation import eval_mode  # noqa: E402
-from .pictures import TrainedModel, load_trained  # noqa: E402
-from .plots import _save, tile_images  # noqa: E402
-from .rundir import atomic_write_text  # noqa: E402
+from .data.rendered import TranslationSet
+from .data.translation import load_translation_set
+from .errors import UserError
+from .evaluation import eval_mode
+from .pictures import TrainedModel, load_trained
+from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
+from .rundir import atomic_write_text
 
 CHUNK = 256  # images per forward pass
 
