@@ -29,7 +29,7 @@ from .errors import UserError
 from .evaluation import eval_mode
 from .pictures import TrainedModel, load_trained
 from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
-from .rundir import atomic_write_text
+from .rundir import RunDir, atomic_write_text
 
 CHUNK = 256  # images per forward pass
 
@@ -284,8 +284,6 @@ PAPER_TABLE4 = {"LORD (supervised)": 0.078, "Soft-IntroVAE (unsupervised)": 0.08
 
 
 def _last_train_record(run_dir: Path) -> dict:
-    from .rundir import RunDir
-
     records = [r for r in RunDir(run_dir).read_log() if r.get("kind") == "train"]
     return records[-1] if records else {}
 
@@ -313,7 +311,7 @@ def reproduce_translation(
         path = Path(runs[i]) if runs else _train_or_reuse(preset, method, out / method, overrides or {}, experiment="translation")
         found = evaluate_transfer(path, pairs=pairs, seed=seed)
         matrix = translate(path, seed=seed, out=out / f"{method}_transfer.png")
-        config = load_trained(path).run.load_config()
+        config = RunDir.open(path).load_config()
         last = _last_train_record(path)
         results[method] = {
             "run": str(path),
