@@ -45,6 +45,7 @@ class DataConfig:
     seed: int = 0  # the data stream's own seed, independent of the model's
     root: str | None = None  # image data: the folder or file to read (None: the dataset's default place)
     image_size: int = 64  # image folders and CelebA: the side images are resized and cropped to
+    pad_to: int = 0  # > 0: zero-pad images centred to pad_to x pad_to (e.g. 28x28 Fashion-MNIST to 32x32)
 
     def __post_init__(self) -> None:
         from .data import DATASETS
@@ -52,6 +53,7 @@ class DataConfig:
         _check_choice("data.name", self.name, tuple(DATASETS))
         _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
+        _check(self.pad_to >= 0, f"data.pad_to must be >= 0, got {self.pad_to}")
 
 
 @dataclass
@@ -60,15 +62,19 @@ class ModelConfig:
     z_dim: int = 2
     hidden_dim: int = 256
     hidden_layers: int = 4
-    channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # resnet: widths, one per halving
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # resnet: widths, one per halving; style: one per level from 4x4 up
     conditional: bool = False  # resnet: a one-hot class label into encoder and decoder (labelled data)
+    mapping_layers: int = 8  # style: layers of the decoder's z -> w mapping (the encoder's w -> z has 3)
+    style_mixing: float = 0.9  # style: probability that a prior sample in training mixes two latents' styles
+    blur: bool = True  # style: a [1, 2, 1] low-pass filter next to every up/down-sampling, as StyleGAN
     class_z_dim: int = 256  # translation: the class latent (model.z_dim is the content latent)
 
     def __post_init__(self) -> None:
         from .models import ARCHITECTURES
 
         _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
-        for name in ("z_dim", "hidden_dim", "hidden_layers", "class_z_dim"):
+        _check(0.0 <= self.style_mixing <= 1.0, f"model.style_mixing must be in [0, 1], got {self.style_mixing}")
+        for name in ("z_dim", "hidden_dim", "hidden_layers", "mapping_layers", "class_z_dim"):
             _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
         _check(
             len(self.channels) > 0 and all(c > 0 for c in self.channels),
@@ -115,11 +121,16 @@ class OptimConfig:
     lr_decoder: float = 2e-4
     milestones: list[int] = field(default_factory=lambda: [10000, 15000])  # MultiStepLR, per step
     lr_gamma: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam's (beta1, beta2)
 
     def __post_init__(self) -> None:
         for name in ("lr_encoder", "lr_decoder", "lr_gamma"):
             _check(getattr(self, name) > 0, f"optim.{name} must be > 0, got {getattr(self, name)}")
         _check(all(m > 0 for m in self.milestones), f"optim.milestones must be positive, got {self.milestones}")
+        _check(
+            len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+            f"optim.betas must be two numbers in [0, 1), got {self.betas}",
+        )
 
 
 @dataclass
@@ -135,6 +146,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on many devices)
+    ema_half_life: int = 0  # > 0: keep an EMA copy of the decoder (half-life in training images) for evaluation
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
@@ -147,6 +159,36 @@ class TrainConfig:
             _check(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}")
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
+        _check(self.ema_half_life >= 0, f"train.ema_half_life must be >= 0, got {self.ema_half_life}")
+
+
+GROWTH_UNITS = ("epochs", "images")
+
+
+@dataclass
+class GrowthConfig:
+    """Progressive growing (model.arch style), level by level from 4x4 up.
+
+    Each list has one entry per level, or a single entry for every level; an empty list leaves the
+    flat setting (data.batch_size, optim.lr_*, method.beta_neg) in force.
+    """
+
+    per_level: list[float] = field(default_factory=lambda: [1.0])  # how long each level trains, in `unit`s
+    unit: str = "epochs"  # epochs (of the training set) or images
+    blend: list[float] = field(default_factory=lambda: [0.5])  # how long each new level's blend-in lasts, in `unit`s
+    batch_sizes: list[int] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)  # both optimizers' learning rate, set when a level starts
+    beta_neg: list[float] = field(default_factory=list)
+    reset_optimizers: bool = True  # Adam's moments start afresh at every new level
+
+    def __post_init__(self) -> None:
+        _check_choice("growth.unit", self.unit, GROWTH_UNITS)
+        _check(all(v >= 0 for v in self.blend), f"growth.blend must hold numbers >= 0, got {self.blend}")
+        for name in ("per_level", "batch_sizes", "lr"):
+            values = getattr(self, name)
+            _check(all(v > 0 for v in values), f"growth.{name} must hold positive numbers, got {values}")
+        _check(len(self.per_level) > 0, "growth.per_level must not be empty")
+        _check(all(v >= 0 for v in self.beta_neg), f"growth.beta_neg must hold numbers >= 0, got {self.beta_neg}")
 
 
 @dataclass
@@ -174,6 +216,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

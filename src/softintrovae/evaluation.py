@@ -124,7 +124,6 @@ class ImageEvaluator:
     def __init__(self, config: Config, data: ImageStream):
         self.config, self.data = config, data
         self._held_out: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._real_uint8: torch.Tensor | None = None
         self._extractor: FeatureExtractor | None = None
 
     def held_out(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -168,7 +167,20 @@ class ImageEvaluator:
         title = f"{self.config.name}, step {step}"
         plot_image_grid(pairs.numpy(), 8, paths[0], f"{title}: real | reconstruction, rec_mse {metrics['rec_mse']:.4g}")
         plot_image_grid(samples.numpy(), 8, paths[1], f"{title}: samples")
+        if hasattr(decoder, "multiresolution"):  # a progressively grown decoder: how its samples build up
+            path = out_dir / "multires.png" if final else out_dir / "plots" / f"multires_step{step:07d}.png"
+            self.plot_multiresolution(decoder, z[:8].to(device), path, title)
         return metrics
+
+    @staticmethod
+    def plot_multiresolution(decoder: nn.Module, z: torch.Tensor, path: Path, title: str) -> Path:
+        """One row per level 4x4 .. current (each through its own to-RGB layer), one column per sample."""
+        with eval_mode(decoder):
+            rows = decoder.multiresolution(z)
+        level, alpha = decoder.progress
+        grid = torch.stack(rows).flatten(0, 1).float().clamp(0, 1).cpu().numpy()
+        sizes = " | ".join(f"{4 * 2**i}" for i in range(len(rows)))
+        return plot_image_grid(grid, len(z), path, f"{title}: level {level} (alpha {alpha:.2f}), rows {sizes}")
 
     def feature_extractor(self) -> FeatureExtractor | None:
         """The dataset's feature net if its file exists (FID/KID are optional extras); loaded once."""
@@ -189,11 +201,9 @@ class ImageEvaluator:
             return {}
         from .metrics.fid import compute_fid_kid, generate_images, metric_name  # torchmetrics: seconds to import
 
-        if self._real_uint8 is None:  # the stream holds floats k/255: this recovers the uint8 images exactly
-            self._real_uint8 = self.data.images.mul(255).round().to(torch.uint8)
         labels = class_labels(n, num_classes_of(decoder))
         fake = generate_images(decoder, n, getattr(decoder, "z_dim", self.config.model.z_dim), seed=self.config.eval.seed + 2, device=device, labels=labels)
-        result = compute_fid_kid(self._real_uint8, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
+        result = compute_fid_kid(self.data.images, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
         fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
         return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}
 

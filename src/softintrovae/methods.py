@@ -204,6 +204,10 @@ class Method:
     def decode(self, z: Tensor) -> Tensor:
         return forward(self.decoder, z, self.labels)
 
+    def decode_prior(self, z: Tensor) -> Tensor:
+        """D(z_p) for prior samples; a decoder with a ``prior`` method (style mixing) draws them with it."""
+        return forward(getattr(self.decoder, "prior", self.decoder), z, self.labels)
+
     def encode_per_kind(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """μ, log σ² of a (2B, ...) batch [reconstructions; prior samples] (see :func:`per_kind`)."""
         mu, logvar = per_kind(self.encoder, x, self.encode_kinds_separately, self.labels_per_kind)
@@ -267,7 +271,7 @@ class IntrospectiveMethod(Method):
         z_prior = torch.randn(x.shape[0], self.z_dim, device=x.device)
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
-        decoded = torch.cat([self.decode(z), self.decode(z_prior)])
+        decoded = torch.cat([self.decode(z), self.decode_prior(z_prior)])
         return mu, logvar, decoded
 
     def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:

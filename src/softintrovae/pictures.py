@@ -44,7 +44,7 @@ def load_trained(path: str | Path) -> TrainedModel:
     encoder, decoder = build_models(config.model, data.input_shape, getattr(data, "num_classes", 0))
     state = load_checkpoint(checkpoint)
     encoder.load_state_dict(state["encoder"])
-    decoder.load_state_dict(state["decoder"])
+    decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))  # the EMA decoder, when the run keeps one
     return TrainedModel(encoder, decoder, data, int(state["step"]), run)
 
 

@@ -33,6 +33,7 @@ from .data import build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
 from .errors import TrainingDiverged, UserError
 from .evaluation import build_evaluator
+from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import Stepper, build_method
 from .models import build_models
 from .rundir import RunDir, atomic_write_text, load_checkpoint
@@ -61,12 +62,17 @@ def autocast_for(device: torch.device, precision: str):
     return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
-def resolve_schedule(config: Config, data) -> tuple[int, int]:
+def resolve_schedule(config: Config, data, growth: GrowthSchedule | None = None) -> tuple[int, int]:
     """(training steps, VAE warm-up steps): ``train.epochs`` and ``method.vae_warmup_epochs``, when
     set, count epochs of the data stream and win over ``train.steps`` / ``method.vae_warmup_steps``.
+    A progressively grown run lasts as long as its growth schedule.
 
     The run's config.yaml keeps the values as given; only the trainer works in steps.
     """
+    if growth is not None:
+        epochs = config.method.vae_warmup_epochs
+        warmup = growth.steps_for_images(epochs * len(data)) if epochs else config.method.vae_warmup_steps
+        return growth.total_steps, warmup
     steps_per_epoch = getattr(data, "steps_per_epoch", None)
     for key, epochs in (("train.epochs", config.train.epochs), ("method.vae_warmup_epochs", config.method.vae_warmup_epochs)):
         if epochs and steps_per_epoch is None:
@@ -108,7 +114,10 @@ class Trainer:
         init_process_group(process, self.device)
         torch.manual_seed(config.train.seed)
         self.data = build_data(config, process.rank, process.world_size)
-        self.total_steps, warmup_steps = resolve_schedule(config, self.data)
+        self.growth = build_growth(config, self.data, process.world_size)
+        if self.growth is not None:
+            self.data = ProgressiveStream(self.data, self.growth)
+        self.total_steps, warmup_steps = resolve_schedule(config, self.data, self.growth)
         encoder, decoder = build_models(config.model, self.data.input_shape, getattr(self.data, "num_classes", 0))
         if config.method.reconstruction == "perceptual":  # its feature network, frozen, on the training device
             from .objectives import register_reconstruction
@@ -127,8 +136,8 @@ class Trainer:
             torch.manual_seed(int(np.random.SeedSequence([config.train.seed, process.rank]).generate_state(1)[0]))
         optim = config.optim
         self.optimizers = (
-            torch.optim.Adam(self.encoder.parameters(), lr=optim.lr_encoder),
-            torch.optim.Adam(self.decoder.parameters(), lr=optim.lr_decoder),
+            torch.optim.Adam(self.encoder.parameters(), lr=optim.lr_encoder, betas=tuple(optim.betas)),
+            torch.optim.Adam(self.decoder.parameters(), lr=optim.lr_decoder, betas=tuple(optim.betas)),
         )
         self.schedulers = [
             torch.optim.lr_scheduler.MultiStepLR(o, milestones=optim.milestones, gamma=optim.lr_gamma)
@@ -146,7 +155,9 @@ class Trainer:
             autocast,
             Stepper(self.scaler, process.distributed),
         )
-        self.evaluator = build_evaluator(config, self.data)
+        # an EMA copy of the decoder draws the samples and metrics, when asked for
+        self.ema = EMA(self.decoder, config.train.ema_half_life) if config.train.ema_half_life else None
+        self.evaluator = build_evaluator(config, getattr(self.data, "stream", self.data))
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None
@@ -168,6 +179,7 @@ class Trainer:
             "rng": rng,
             "config": self.config.to_dict(),
             **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
+            **({"decoder_ema": self.ema.module.state_dict()} if self.ema else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,6 +192,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema:
+            self.ema.module.load_state_dict(state.get("decoder_ema", state["decoder"]))
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
@@ -247,7 +261,8 @@ class Trainer:
         if not self.process.is_main:
             return {}
         started = time.perf_counter()
-        metrics = self.evaluator(self.encoder, self.decoder, self.run.path, self.step, final)
+        decoder = self.ema.module if self.ema else self.decoder
+        metrics = self.evaluator(self.encoder, decoder, self.run.path, self.step, final)
         kind = "final" if final else "eval"
         self.run.log({"step": self.step, "kind": kind, **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
         return metrics
@@ -275,19 +290,26 @@ class Trainer:
                 if x.ndim == 4:
                     x = x.contiguous(memory_format=self.memory_format)
                 labels = y.to(self.device, non_blocking=True) if self.conditional else None
+                if self.growth is not None:
+                    self.growth.apply(self.step, [self.encoder, self.decoder], self.method, self.optimizers)
                 losses = self.method.step(x, self.step, labels)
                 self._check_finite(losses, self.step)
+                if self.ema is not None:
+                    self.ema.update(self.decoder, x.shape[0] * self.process.world_size)
                 for scheduler in self.schedulers:
                     scheduler.step()
                 self.step += 1
                 progress.update(1)
                 if self.step % cfg.log_every == 0 or self.step == total_steps:
                     record = {k: round(float(v), 6) for k, v in losses.items()}
-                    self.log({"step": self.step, "kind": "train", "lr": self.schedulers[0].get_last_lr()[0], **record})
+                    if self.growth is not None:
+                        record.update(zip(("level", "alpha"), self.encoder.progress))
+                    self.log({"step": self.step, "kind": "train", "lr": self.optimizers[0].param_groups[0]["lr"], **record})
                     progress.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
                 if self.step % cfg.checkpoint_every == 0 or self.step == total_steps:
                     self.save_checkpoint()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < total_steps:
+                level_end = self.growth is not None and self.growth.is_level_end(self.step)
+                if (cfg.eval_every and self.step % cfg.eval_every == 0 or level_end) and self.step < total_steps:
                     self.evaluate(final=False)
                 if flag["stop"] and self.step < total_steps:
                     self.save_checkpoint()

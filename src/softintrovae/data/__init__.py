@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from ..errors import UserError
 from .images import ImageStream, LabelledImages, load_digits_28, load_image_folder, load_mnist_family, load_npz, load_torchvision
 from .toy2d import TOY2D, Toy2DStream
@@ -48,8 +50,19 @@ DATASETS: dict[str, object] = {**TOY2D, **IMAGE_DATASETS}
 
 
 def load_images(data_config, split: str = "train") -> LabelledImages:
-    """uint8 images (N, C, H, W) and labels (N,) or None of the image dataset ``data_config.name``."""
-    return IMAGE_DATASETS[data_config.name](data_config, split)
+    """uint8 images (N, C, H, W) and labels (N,) or None of the image dataset ``data_config.name``
+    (zero-padded to ``data.pad_to`` when that is set)."""
+    images, labels = IMAGE_DATASETS[data_config.name](data_config, split)
+    return (pad_images(images, data_config.pad_to) if data_config.pad_to else images), labels
+
+
+def pad_images(images, size: int):
+    """Zero-pad (N, C, H, W) images, centred, to size x size."""
+    height, width = images.shape[-2:]
+    if height > size or width > size:
+        raise UserError(f"data.pad_to {size} is smaller than the images ({height}x{width})")
+    top, left = (size - height) // 2, (size - width) // 2
+    return torch.nn.functional.pad(images, (left, size - width - left, top, size - height - top))
 
 
 def build_data(config, rank: int = 0, world_size: int = 1) -> Toy2DStream | ImageStream:
