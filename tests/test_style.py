@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import types
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from softintrovae.config import GrowthConfig, load_config
 from softintrovae.errors import UserError
 from softintrovae.growth import EMA, GrowthSchedule, ProgressiveStream, blend_alpha, images_at_level
+from softintrovae.methods import build_method
 from softintrovae.models import build_models
 from softintrovae.models.style import EqualConv2d, EqualLinear, StyleDecoder, StyleEncoder
 from softintrovae.rundir import load_checkpoint
@@ -196,9 +196,9 @@ def test_schedule_applies_level_settings_and_resets_adam_when_a_level_starts():
     schedule = GrowthSchedule(g, levels=2, dataset_size=100, batch_size=8)
     encoder, decoder = networks(channels=[8, 4], image_channels=1)
     optimizers = [torch.optim.Adam(net.parameters()) for net in (encoder, decoder)]
-    method = types.SimpleNamespace(config=load_config("fashion-mnist-style").method)
+    method = build_method(load_config("fashion-mnist-style").method, encoder, decoder, optimizers, scale=1 / 64, z_dim=8)
     schedule.apply(0, [encoder, decoder], method, optimizers)
-    assert optimizers[0].param_groups[0]["lr"] == 1e-3 and method.config.beta_neg == 64
+    assert optimizers[0].param_groups[0]["lr"] == 1e-3 and method.config.beta_neg == method.beta_neg == 64
     assert encoder.progress == decoder.progress == (0, 1.0)
     decoder(torch.randn(2, 8)).sum().backward()
     optimizers[1].step()
@@ -206,7 +206,8 @@ def test_schedule_applies_level_settings_and_resets_adam_when_a_level_starts():
     schedule.apply(3, [encoder, decoder], method, optimizers)
     assert optimizers[1].state  # not at a level's start
     schedule.apply(4, [encoder, decoder], method, optimizers)
-    assert not optimizers[1].state and optimizers[1].param_groups[0]["lr"] == 5e-4 and method.config.beta_neg == 32
+    assert not optimizers[1].state and optimizers[1].param_groups[0]["lr"] == 5e-4
+    assert method.config.beta_neg == method.beta_neg == 32  # what the step uses
     assert encoder.progress == (1, 0.0)
 
 

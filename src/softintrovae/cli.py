@@ -71,6 +71,13 @@ def _fid_kid_request(names: str) -> tuple[list[str], dict]:
 
 
 def cmd_evaluate(args) -> int:
+    names = [n.strip() for n in (args.metrics or "").split(",") if n.strip()]
+    if "transfer" in names:  # content transfer of a translation run (softintrovae.translation)
+        _evaluate_transfer(args)
+        names.remove("transfer")
+        if not names:
+            return 0
+        args.metrics = ",".join(names)
     wanted, overrides = _fid_kid_request(args.metrics) if args.metrics else ([], None)
     if wanted:
         from .metrics.features import feature_nets_dir
@@ -89,6 +96,27 @@ def cmd_evaluate(args) -> int:
         raise UserError(f"{missing[0]} is not this run's FID/KID protocol; computed: {computed}")
     _print_result(result.run_dir, result.metrics)
     print(json.dumps(result.metrics))
+    return 0
+
+
+def _evaluate_transfer(args) -> None:
+    from .translation import evaluate_transfer
+
+    found = evaluate_transfer(args.run_dir, argv=["softintrovae", *args.argv])
+    print(f"content transfer on held-out classes ({found['pairs']} pairs, step {found['step']}):")
+    for kind in ("transfer", "copy_content", "copy_class", "reconstruction"):
+        print(f"  {kind:<15}" + "   ".join(f"{metric} {value:.4f}" for metric, value in found[kind].items()))
+    if found["lpips_note"]:
+        print(f"  LPIPS skipped: {found['lpips_note']}")
+    print(f"matrix: {Path(args.run_dir) / 'transfer.png'}")
+    print(json.dumps(found["metrics"]))
+
+
+def cmd_translate(args) -> int:
+    from .translation import translate
+
+    found = translate(args.run_dir, rows=args.rows, columns=args.columns, split=args.split, seed=args.seed, out=args.out)
+    print(found.path)
     return 0
 
 
@@ -134,6 +162,8 @@ def cmd_reproduce(args) -> int:
     experiment = args.experiment
     if experiment == "ood":
         return _reproduce_ood(args)
+    if experiment == "translation":
+        return _reproduce_translation(args)
     if args.runs is not None:
         raise UserError(f"--runs applies to 'reproduce ood', not to 'reproduce {experiment}'")
     only = {"--datasets": (args.datasets, "table2"), "--methods": (args.methods, "table2"), "--margins": (args.margins, "stability")}
@@ -173,6 +203,21 @@ def _reproduce_ood(args) -> int:
     reproduce_ood(out, runs=args.runs, overrides=_overrides(args.set), samples=args.samples, limit=args.limit)
     print((out / "ood.md").read_text())
     for path in (out / "ood.md", out / "ood.json", out / "vae" / "scores.png", out / "soft-introvae" / "scores.png"):
+        print(path)
+    return 0
+
+
+def _reproduce_translation(args) -> int:
+    from .translation import reproduce_translation
+
+    ignored = [flag for flag, value in (("--datasets", args.datasets), ("--methods", args.methods), ("--margins", args.margins), ("--seeds", args.seeds)) if value is not None]
+    if ignored:
+        raise UserError(f"{ignored[0]} does not apply to 'reproduce translation'")
+    out = Path(args.out or Path("runs") / "reproduce" / "translation")
+    print(f"reproduce translation: {'evaluating ' + ', '.join(args.runs) if args.runs else 'training or reusing the VAE and Soft-IntroVAE in ' + str(out)} ...")
+    reproduce_translation(out, runs=args.runs, overrides=_overrides(args.set))
+    print((out / "translation.md").read_text())
+    for path in (out / "translation.md", out / "translation.json", out / "vae_transfer.png", out / "soft-introvae_transfer.png"):
         print(path)
     return 0
 
@@ -246,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint (metrics.json and plots)")
     p.add_argument("run_dir")
-    p.add_argument("--metrics", help="image runs: FID/KID to add, e.g. fid10k_train_fmnistnet,kid10k_train_fmnistnet")
+    p.add_argument("--metrics", help="image runs: FID/KID to add, e.g. fid10k_train_fmnistnet,kid10k_train_fmnistnet; "
+                   "translation runs: transfer (content-transfer error on held-out classes)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="Soft-IntroVAE on 8 Gaussians in a few minutes; prints where the plots are")
@@ -263,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="regenerate a result of the paper: table2, stability, collapse (2D) or ood (Table 7)")
-    p.add_argument("experiment", choices=["table2", "stability", "collapse", "ood"])
-    p.add_argument("--runs", nargs=2, metavar=("VAE_RUN", "SOFT_RUN"), help="ood: score these finished runs instead of training")
+    p = sub.add_parser("reproduce", help="regenerate a result of the paper: table2, stability, collapse (2D), ood (Table 7) or translation (Table 4)")
+    p.add_argument("experiment", choices=["table2", "stability", "collapse", "ood", "translation"])
+    p.add_argument("--runs", nargs=2, metavar=("VAE_RUN", "SOFT_RUN"), help="ood, translation: use these finished runs instead of training")
     p.add_argument("--samples", type=int, default=5, help="ood: importance samples M (default 5)")
     p.add_argument("--limit", type=int, default=2000, help="ood: images per set at most (default 2000)")
     p.add_argument("--seeds", type=int, help="seeds per setting (default: table2 5, stability 3, collapse 3)")
@@ -293,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
         p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
         p.set_defaults(func=cmd_pictures)
+
+    p = sub.add_parser("translate", help="Figure 7: content transfer matrix of a translation run (class down the left, content across the top)")
+    p.add_argument("run_dir")
+    p.add_argument("--rows", type=int, default=4, help="class images, one per row (default 4)")
+    p.add_argument("--columns", type=int, default=4, help="content images, one per column (default 4)")
+    p.add_argument("--split", default="test", help="test (held-out classes, default) or train")
+    p.add_argument("--seed", type=int, default=0, help="seed for the images picked")
+    p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/transfer_SPLIT_stepN.png)")
+    p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("feature-net", help="train the offline feature network FID/KID use for a dataset")
     p.add_argument("action", choices=["train"])

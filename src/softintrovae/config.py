@@ -68,13 +68,14 @@ class ModelConfig:
     mapping_layers: int = 8  # style: layers of the decoder's z -> w mapping (the encoder's w -> z has 3)
     style_mixing: float = 0.9  # style: probability that a prior sample in training mixes two latents' styles
     blur: bool = True  # style: a [1, 2, 1] low-pass filter next to every up/down-sampling, as StyleGAN
+    class_z_dim: int = 256  # translation: the class latent (model.z_dim is the content latent)
 
     def __post_init__(self) -> None:
         from .models import ARCHITECTURES
 
         _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
         _check(0.0 <= self.style_mixing <= 1.0, f"model.style_mixing must be in [0, 1], got {self.style_mixing}")
-        for name in ("z_dim", "hidden_dim", "hidden_layers", "mapping_layers"):
+        for name in ("z_dim", "hidden_dim", "hidden_layers", "mapping_layers", "class_z_dim"):
             _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
         _check(
             len(self.channels) > 0 and all(c > 0 for c in self.channels),
@@ -95,6 +96,11 @@ class MethodConfig:
     detach_negative_target: bool = False  # the official image trainer does not detach it
     vae_warmup_steps: int = 2000
     vae_warmup_epochs: int = 0  # > 0: overrides vae_warmup_steps with epochs x steps per epoch (image data)
+    # two-latent models (model.arch translation): beta_kl and beta_neg weigh the content latent's KL,
+    # these the class latent's (null: the same as beta_kl / beta_neg)
+    beta_kl_class: float | None = None
+    beta_neg_class: float | None = None
+    perceptual_net: str | None = None  # reconstruction perceptual: vgg16, vgg16:PATH or a feature net file
 
     def __post_init__(self) -> None:
         from .objectives import RECONSTRUCTION_KINDS
@@ -105,6 +111,9 @@ class MethodConfig:
             self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps", "vae_warmup_epochs")
         )
         _check(self.scale is None or self.scale > 0, f"method.scale must be > 0 or null, got {self.scale}")
+        for name in ("beta_kl_class", "beta_neg_class"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"method.{name} must be >= 0 or null, got {value}")
 
 
 @dataclass

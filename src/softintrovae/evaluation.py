@@ -141,7 +141,7 @@ class ImageEvaluator:
 
     def __call__(self, encoder: nn.Module, decoder: nn.Module, out_dir: Path, step: int, final: bool) -> dict[str, float]:
         device = next(decoder.parameters()).device
-        z_dim, num_classes = self.config.model.z_dim, num_classes_of(decoder)
+        z_dim, num_classes = getattr(decoder, "z_dim", self.config.model.z_dim), num_classes_of(decoder)
         images, labels = self.held_out()
         image_chunks = images.split(self.CHUNK)
         label_chunks = labels.split(self.CHUNK) if num_classes else [None] * len(image_chunks)
@@ -202,7 +202,7 @@ class ImageEvaluator:
         from .metrics.fid import compute_fid_kid, generate_images, metric_name  # torchmetrics: seconds to import
 
         labels = class_labels(n, num_classes_of(decoder))
-        fake = generate_images(decoder, n, self.config.model.z_dim, seed=self.config.eval.seed + 2, device=device, labels=labels)
+        fake = generate_images(decoder, n, getattr(decoder, "z_dim", self.config.model.z_dim), seed=self.config.eval.seed + 2, device=device, labels=labels)
         result = compute_fid_kid(self.data.images, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
         fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
         return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}

@@ -114,7 +114,7 @@ class GrowthSchedule:
         for network in networks:
             network.set_progress(level.index, alpha)
         if level.beta_neg is not None and method.config.beta_neg != level.beta_neg:
-            method.config = dataclasses.replace(method.config, beta_neg=level.beta_neg)
+            method.set_config(dataclasses.replace(method.config, beta_neg=level.beta_neg))
         if step == level.start_step:
             for optimizer in optimizers:
                 if level.lr is not None:

@@ -17,6 +17,10 @@ What the optimized step shares (it gives the pass-by-pass reference's losses and
   so each kind goes through in its own call, as in the official image trainer (:func:`per_kind`).
 - The logged losses are the ones the update computed; no pass runs only for logging.
 
+A model with several latents (the translation model's content and class latents) says so through
+its encoder's ``latent_names`` and ``latent_sizes``; each latent's KL then gets its own β_kl and β_neg
+(:func:`latent_betas`), carried as per-dimension KL weights, and its KL is logged as ``kl_<name>``.
+
 Class-conditional networks take the batch's labels as a second argument; every call of a step
 passes them (negatives keep the class of the real image they came from). Backward and optimizer
 steps go through a :class:`Stepper`, which adds fp16 loss scaling and cross-process gradient
@@ -61,6 +65,26 @@ def _reparameterize_per_kind(mu: Tensor, logvar: Tensor) -> Tensor:
 def _means_per_kind(per_sample: Tensor) -> list[Tensor]:
     """Batch means of the reconstructions' and the prior samples' halves of a (2B,) tensor."""
     return [half.mean() for half in per_sample.chunk(2)]
+
+
+def latent_betas(config: MethodConfig, encoder: nn.Module) -> tuple[float, Tensor | None, float, Tensor | None]:
+    """(β_kl, KL weights, β_neg, KL weights of the negatives) for ``encoder``'s latents.
+
+    One latent: the config's scalars and no weights, so the losses are computed exactly as always.
+    Several latents (``encoder.latent_names``/``latent_sizes``): each dimension's KL is weighed by its
+    latent's β (``beta_kl_class``/``beta_neg_class`` for the latent named ``class``, ``beta_kl``/``beta_neg``
+    for the others), and the scalar β's are 1.
+    """
+    sizes = getattr(encoder, "latent_sizes", None)
+    if sizes is None or len(sizes) < 2:
+        return config.beta_kl, None, config.beta_neg, None
+    names = encoder.latent_names
+
+    def weights(default: float, for_class: float | None) -> Tensor:
+        betas = [for_class if name == "class" and for_class is not None else default for name in names]
+        return torch.cat([torch.full((size,), float(beta)) for size, beta in zip(sizes, betas)])
+
+    return 1.0, weights(config.beta_kl, config.beta_kl_class), 1.0, weights(config.beta_neg, config.beta_neg_class)
 
 
 def has_batch_norm(module: nn.Module) -> bool:
@@ -199,7 +223,7 @@ class Method:
     ):
         self.encoder, self.decoder = encoder, decoder
         self.optimizer_encoder, self.optimizer_decoder = optimizer_encoder, optimizer_decoder
-        self.config, self.scale, self.z_dim = config, scale, z_dim
+        self.scale, self.z_dim = scale, z_dim
         self.autocast = autocast
         self.stepper = stepper or Stepper()
         self.labels: Tensor | None = None  # the current batch's class labels (conditional networks)
@@ -208,6 +232,22 @@ class Method:
         self.decoder_params = [p for p in decoder.parameters() if p.requires_grad]
         self.encode_kinds_separately = has_batch_norm(encoder)
         self.decode_kinds_separately = has_batch_norm(decoder)
+        self.set_config(config)
+
+    def set_config(self, config: MethodConfig) -> None:
+        """Take new settings (between steps: progressive growing changes β_neg by level)."""
+        self.config = config
+        self.beta_kl, self.kl_weights, self.beta_neg, self.neg_weights = latent_betas(config, self.encoder)
+        if self.kl_weights is not None:
+            device = next(self.encoder.parameters()).device
+            self.kl_weights, self.neg_weights = self.kl_weights.to(device), self.neg_weights.to(device)
+
+    def kl_per_latent(self, mu: Tensor, logvar: Tensor) -> Losses:
+        """``kl_<name>``: the batch-mean KL of each latent of a several-latent model (unweighted); {} otherwise."""
+        if self.kl_weights is None:
+            return {}
+        parts = zip(self.encoder.latent_names, mu.split(self.encoder.latent_sizes, 1), logvar.split(self.encoder.latent_sizes, 1))
+        return {f"kl_{name}": kl_to_standard_normal(m, lv).detach() for name, m, lv in parts}
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = forward(self.encoder, x, self.labels)
@@ -251,11 +291,11 @@ class Method:
             mu, logvar = self.encode(x)
             x_r = self.decode(reparameterize(mu, logvar))
         rec = reconstruction_loss(x, x_r, cfg.reconstruction)
-        kl = kl_to_standard_normal(mu, logvar)
-        loss = vae_loss(rec, kl, cfg.beta_rec, cfg.beta_kl)
+        kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
+        loss = vae_loss(rec, kl, cfg.beta_rec, self.beta_kl)
         both = [self.optimizer_encoder, self.optimizer_decoder]
         self.stepper.update(both, loss, self.encoder_params + self.decoder_params, name="loss")
-        return {"loss": loss, "rec": rec, "kl": kl}
+        return {"loss": loss, "rec": rec, "kl": kl, **self.kl_per_latent(mu, logvar)}
 
 
 class VAE(Method):
@@ -306,14 +346,16 @@ class SoftIntroVAE(IntrospectiveMethod):
             mu_n, logvar_n = self.encode_per_kind(decoded.detach())
             decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
         rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
-        kl = kl_to_standard_normal(mu, logvar)
+        kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
         # The official image trainer leaves the target x_r attached, so encoder gradient also flows
         # through x_r = D(z) into z; detach_negative_target=True is the official 3D trainer's choice.
         target = decoded.detach() if cfg.detach_negative_target else decoded
-        neg_elbo = negative_elbo(target, decoded_n, mu_n, logvar_n, cfg.beta_rec, cfg.beta_neg, cfg.reconstruction)
+        neg_elbo = negative_elbo(
+            target, decoded_n, mu_n, logvar_n, cfg.beta_rec, self.beta_neg, cfg.reconstruction, kl_weights=self.neg_weights
+        )
         neg_elbo_rec, neg_elbo_fake = neg_elbo.chunk(2)
         loss = soft_introvae_encoder_loss(
-            rec, kl, [neg_elbo_rec, neg_elbo_fake], beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, scale=self.scale
+            rec, kl, [neg_elbo_rec, neg_elbo_fake], beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, scale=self.scale
         )
         self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
         losses = {
@@ -322,6 +364,7 @@ class SoftIntroVAE(IntrospectiveMethod):
             "kl": kl,
             "exp_elbo_rec": expected_exp_elbo(neg_elbo_rec, self.scale),
             "exp_elbo_fake": expected_exp_elbo(neg_elbo_fake, self.scale),
+            **self.kl_per_latent(mu, logvar),
         }
         return EncoderPhaseResult(decoded, rec, losses)
 
@@ -330,14 +373,14 @@ class SoftIntroVAE(IntrospectiveMethod):
         with self.autocast():
             mu_n, logvar_n = self.encode_per_kind(result.decoded)  # the updated encoder
             decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n).detach())
-        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
+        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.kl_weights))
         rec_n = reconstruction_loss(result.decoded.detach(), decoded_n, cfg.reconstruction, reduction="none")
         loss = soft_introvae_decoder_loss(
             result.rec,
             [kl_rec, kl_fake],
             _means_per_kind(rec_n),
             beta_rec=cfg.beta_rec,
-            beta_kl=cfg.beta_kl,
+            beta_kl=self.beta_kl,
             gamma_r=cfg.gamma_r,
             scale=self.scale,
         )
@@ -356,13 +399,13 @@ class IntroVAE(IntrospectiveMethod):
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)
             mu_n, logvar_n = self.encode_per_kind(decoded.detach())
         rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
-        kl = kl_to_standard_normal(mu, logvar)
+        kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
         kl_negatives = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
         loss = introvae_encoder_loss(
-            rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=cfg.beta_kl, beta_neg=cfg.beta_neg, margin=cfg.margin
+            rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, beta_neg=cfg.beta_neg, margin=cfg.margin
         )
         self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
-        return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl})
+        return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl, **self.kl_per_latent(mu, logvar)})
 
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
         cfg = self.config

@@ -9,13 +9,20 @@ data dimensions, a KL divergence over latent dimensions, and batch reductions ar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RECONSTRUCTION_KINDS = ("mse", "bce")
+RECONSTRUCTION_KINDS = ("mse", "bce", "perceptual")
+# kind -> per-sample loss (x, x̂) → (B,) for losses that need a network (see softintrovae.perceptual)
+CUSTOM_RECONSTRUCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+
+
+def register_reconstruction(kind: str, loss: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Make ``reconstruction_loss(x, x̂, kind)`` use ``loss(x, x̂)``, a per-sample (B,) error (e.g. perceptual)."""
+    CUSTOM_RECONSTRUCTIONS[kind] = loss
 
 
 def full_precision(t: Tensor) -> Tensor:
@@ -44,31 +51,51 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor, kind: str = "mse", reduction: 
     """Reconstruction error summed over all non-batch dimensions.
 
     ``mse``: squared error (a Gaussian decoder up to constants); ``bce``: binary cross-entropy,
-    with ``x_hat`` a probability in [0, 1]. Computed in fp32 whatever the autocast dtype.
+    with ``x_hat`` a probability in [0, 1]; any other kind: the loss registered for it with
+    :func:`register_reconstruction` (``perceptual``). Computed in fp32 whatever the autocast dtype.
     """
+    if kind in CUSTOM_RECONSTRUCTIONS:
+        return _reduce(full_precision(CUSTOM_RECONSTRUCTIONS[kind](full_precision(x), full_precision(x_hat))), reduction)
     x, x_hat = full_precision(x.flatten(1)), full_precision(x_hat.flatten(1))
     if kind == "mse":
         per_sample = F.mse_loss(x_hat, x, reduction="none").sum(1)
     elif kind == "bce":
         per_sample = F.binary_cross_entropy(x_hat, x, reduction="none").sum(1)
+    elif kind == "perceptual":
+        raise ValueError("reconstruction loss 'perceptual' needs its network: register_reconstruction('perceptual', loss) first")
     else:
         raise ValueError(f"unknown reconstruction loss {kind!r} (expected one of {RECONSTRUCTION_KINDS})")
     return _reduce(per_sample, reduction)
 
 
-def kl_to_standard_normal(mu: Tensor, logvar: Tensor, reduction: str = "mean") -> Tensor:
-    """KL(N(μ, σ²) ‖ N(0, I)) summed over latent dimensions; μ, log σ²: (B, z_dim)."""
+def kl_to_standard_normal(mu: Tensor, logvar: Tensor, reduction: str = "mean", weights: Tensor | None = None) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) summed over latent dimensions; μ, log σ²: (B, z_dim).
+
+    ``weights`` (z_dim,), if given, weighs each dimension's KL: a model with several latents (a
+    content and a class latent) gives each its own β this way, Σ_g β_g·KL_g.
+    """
     mu, logvar = full_precision(mu), full_precision(logvar)
-    per_sample = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+    terms = 1.0 + logvar - mu.pow(2) - logvar.exp()  # (B, z_dim)
+    per_sample = -0.5 * (terms if weights is None else terms * weights).sum(1)
     return _reduce(per_sample, reduction)
 
 
 def negative_elbo(
-    x: Tensor, x_hat: Tensor, mu: Tensor, logvar: Tensor, beta_rec: float, beta_kl: float, kind: str = "mse"
+    x: Tensor,
+    x_hat: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    beta_rec: float,
+    beta_kl: float,
+    kind: str = "mse",
+    kl_weights: Tensor | None = None,
 ) -> Tensor:
-    """Per-sample β-weighted negative ELBO: β_rec·L_rec(x, x̂) + β_kl·KL(q(z|x) ‖ p(z)); shape (B,)."""
+    """Per-sample β-weighted negative ELBO: β_rec·L_rec(x, x̂) + β_kl·KL(q(z|x) ‖ p(z)); shape (B,).
+
+    With ``kl_weights`` the KL is weighed per latent dimension (see :func:`kl_to_standard_normal`).
+    """
     rec = reconstruction_loss(x, x_hat, kind, reduction="none")
-    return beta_rec * rec + beta_kl * kl_to_standard_normal(mu, logvar, reduction="none")
+    return beta_rec * rec + beta_kl * kl_to_standard_normal(mu, logvar, reduction="none", weights=kl_weights)
 
 
 def vae_loss(rec: Tensor, kl: Tensor, beta_rec: float, beta_kl: float) -> Tensor:

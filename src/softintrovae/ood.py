@@ -189,18 +189,19 @@ OOD_METHODS = ("vae", "soft-introvae")
 OOD_CANDIDATES = ("digits", "mnist")  # 28x28 grey out-sets for a Fashion-MNIST model, used when present
 
 
-def _train_or_reuse(preset: str, method: str, path: Path, overrides: dict) -> Path:
-    """A finished run at ``path`` is reused, an unfinished one resumed, a missing one trained."""
+def _train_or_reuse(preset: str, method: str, path: Path, overrides: dict, experiment: str = "ood") -> Path:
+    """A finished run at ``path`` is reused, an unfinished one resumed, a missing one trained
+    (``experiment`` names the reproduction in the run's command.txt)."""
     from .sweep import finished_metrics
     from .trainer import Trainer, train
 
     if (path / "config.yaml").exists():
         if finished_metrics(path) is None:
             trainer = Trainer.resume(path)
-            trainer.run.record_command(["softintrovae", "reproduce", "ood", "(resumed)"])
+            trainer.run.record_command(["softintrovae", "reproduce", experiment, "(resumed)"])
             trainer.fit()
         return path
-    train(preset, out=path, overrides={**overrides, "method.name": method}, argv=["softintrovae", "reproduce", "ood"])
+    train(preset, out=path, overrides={**overrides, "method.name": method}, argv=["softintrovae", "reproduce", experiment])
     return path
 
 

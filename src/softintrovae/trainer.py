@@ -123,6 +123,11 @@ class Trainer:
             self.data = ProgressiveStream(self.data, self.growth)
         self.total_steps, warmup_steps = resolve_schedule(config, self.data, self.growth)
         encoder, decoder = build_models(config.model, self.data.input_shape, getattr(self.data, "num_classes", 0))
+        if config.method.reconstruction == "perceptual":  # its feature network, frozen, on the training device
+            from .objectives import register_reconstruction
+            from .perceptual import build_perceptual_loss
+
+            register_reconstruction("perceptual", build_perceptual_loss(config.method.perceptual_net).to(self.device))
         self.conditional = config.model.conditional
         is_image = len(self.data.input_shape) == 3
         self.memory_format = torch.channels_last if config.train.channels_last and is_image else torch.contiguous_format
@@ -150,7 +155,7 @@ class Trainer:
             self.decoder,
             self.optimizers,
             scale,
-            config.model.z_dim,
+            getattr(self.decoder, "z_dim", config.model.z_dim),  # a two-latent decoder takes both latents
             autocast,
             Stepper(self.scaler, process.distributed),
         )

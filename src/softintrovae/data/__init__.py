@@ -13,6 +13,7 @@ import torch
 from ..errors import UserError
 from .images import ImageStream, LabelledImages, load_digits_28, load_image_folder, load_mnist_family, load_npz, load_torchvision
 from .toy2d import TOY2D, Toy2DStream
+from .translation import TRANSLATION_DATASETS
 
 
 def _root(data, what: str) -> str:
@@ -40,9 +41,10 @@ IMAGE_DATASETS: dict[str, Callable[..., LabelledImages]] = {
     "cifar10": _torchvision,
     "svhn": _torchvision,
     "celeba": _torchvision,
+    **TRANSLATION_DATASETS,  # class = identity, content = pose: rendered-objects, cars3d, kth
 }
 # image sources that have a separate test split (the others evaluate on a fixed sample of training images)
-HAS_TEST_SPLIT = {"fashion-mnist", "mnist", "cifar10", "svhn", "celeba"}
+HAS_TEST_SPLIT = {"fashion-mnist", "mnist", "cifar10", "svhn", "celeba", *TRANSLATION_DATASETS}
 
 DATASETS: dict[str, object] = {**TOY2D, **IMAGE_DATASETS}
 

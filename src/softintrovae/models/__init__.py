@@ -11,6 +11,7 @@ from ..errors import UserError
 from .mlp import MLPDecoder, MLPEncoder
 from .resnet import ResidualDecoder, ResidualEncoder, build_resnet
 from .style import StyleDecoder, StyleEncoder, build_style
+from .translation import TranslationDecoder, TranslationEncoder, build_translation
 
 
 def _build_mlp(model_config, input_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -28,7 +29,7 @@ def _build_mlp(model_config, input_shape: tuple[int, ...], num_classes: int = 0)
     return MLPEncoder(**kwargs), MLPDecoder(**kwargs)
 
 
-ARCHITECTURES = {"mlp": _build_mlp, "resnet": build_resnet, "style": build_style}
+ARCHITECTURES = {"mlp": _build_mlp, "resnet": build_resnet, "style": build_style, "translation": build_translation}
 
 
 def build_models(model_config, input_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
@@ -59,4 +60,4 @@ def num_classes_of(network: nn.Module) -> int:
     return int(getattr(network, "num_classes", 0))
 
 
-__all__ = ["ARCHITECTURES", "MLPDecoder", "MLPEncoder", "ResidualDecoder", "ResidualEncoder", "StyleDecoder", "StyleEncoder", "build_models", "class_labels", "forward", "num_classes_of"]
+__all__ = ["ARCHITECTURES", "MLPDecoder", "MLPEncoder", "ResidualDecoder", "ResidualEncoder", "StyleDecoder", "StyleEncoder", "TranslationDecoder", "TranslationEncoder", "build_models", "class_labels", "forward", "num_classes_of"]

@@ -1,0 +1,362 @@
+"""Content transfer with a trained translation model (paper §6.4, §9.4.3, Table 4, Figure 7).
+
+Transfer of (A, B): encode both images and decode the *class* latent of A with the *content* latent
+of B (their means, as for reconstructions); the result should show A's object in B's pose. On a
+dataset with pose labels (the rendered objects, Cars3D with its azimuth/elevation) the right answer
+is the image of A's class in B's pose, so the transfer error is measured against it, on held-out
+classes: MSE per pixel and SSIM (torchmetrics), and LPIPS when its backbone's weights are present
+locally (they cannot be downloaded here; the metric is skipped with a note otherwise).
+
+Two trivial answers bound what the numbers mean: returning B itself ("copy content": right pose,
+wrong object) and returning A itself ("copy class": right object, wrong pose). A model that has not
+separated class from content does no better than these.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .data.rendered import TranslationSet
+from .data.translation import load_translation_set
+from .errors import UserError
+from .evaluation import eval_mode
+from .pictures import TrainedModel, load_trained
+from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
+from .rundir import RunDir, atomic_write_text
+
+CHUNK = 256  # images per forward pass
+
+
+def latent_parts(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(content μ, class μ) of images x under a two-latent encoder (``latent_names`` content, class)."""
+    names = getattr(encoder, "latent_names", None)
+    if names is None or tuple(names) != ("content", "class"):
+        raise UserError("content transfer needs a translation model (model.arch translation): this run has one latent")
+    mu, _ = encoder(x)
+    content, class_ = mu.split(tuple(encoder.latent_sizes), dim=1)
+    return content, class_
+
+
+def transfer(encoder: nn.Module, decoder: nn.Module, class_images: Tensor, content_images: Tensor) -> Tensor:
+    """decode(class of class_images[i], content of content_images[i]) for each i, in [0, 1]; (N, C, H, W)."""
+    if class_images.shape != content_images.shape:
+        raise UserError(f"class and content images must have the same shape, got {tuple(class_images.shape)} and {tuple(content_images.shape)}")
+    device = next(decoder.parameters()).device
+    out = []
+    with eval_mode(encoder, decoder):
+        for a, b in zip(class_images.split(CHUNK), content_images.split(CHUNK)):
+            _, class_latent = latent_parts(encoder, a.to(device))
+            content_latent, _ = latent_parts(encoder, b.to(device))
+            out.append(decoder(torch.cat([content_latent, class_latent], dim=1)).float().clamp(0, 1).cpu())
+    return torch.cat(out)
+
+
+def transfer_matrix(encoder: nn.Module, decoder: nn.Module, class_images: Tensor, content_images: Tensor) -> Tensor:
+    """(R, C, channels, H, W): row r takes the class of class_images[r], column c the content of content_images[c]."""
+    rows, columns = len(class_images), len(content_images)
+    a = class_images.repeat_interleave(columns, dim=0)
+    b = content_images.repeat(rows, 1, 1, 1)
+    return transfer(encoder, decoder, a, b).view(rows, columns, *class_images.shape[1:])
+
+
+# ---- the transfer error against ground truth ------------------------------------------------------
+
+
+def sample_pairs(data: TranslationSet, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """n pairs (A, B) of image indices with A and B of different classes, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    if len(torch.unique(data.classes)) < 2:
+        raise UserError("content transfer needs images of at least two classes")
+    a = torch.randint(len(data.images), (n,), generator=generator)
+    b = torch.randint(len(data.images), (n,), generator=generator)
+    same = data.classes[a] == data.classes[b]
+    while same.any():  # redraw B where it shares A's class
+        b[same] = torch.randint(len(data.images), (int(same.sum()),), generator=generator)
+        same = data.classes[a] == data.classes[b]
+    return a, b
+
+
+def _lpips_metric():
+    """torchmetrics' LPIPS (AlexNet) when torchvision and the AlexNet weights are on this machine, else
+    (None, why). The weights are never downloaded."""
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return None, "torchvision is not installed"
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    if not any(hub.glob("alexnet-*.pth")):
+        return None, f"no AlexNet weights (alexnet-*.pth) in {hub}"
+    try:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        return LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).eval(), ""
+    except Exception as exc:  # a torchvision or torchmetrics that does not load here
+        return None, f"LPIPS could not be built ({type(exc).__name__})"
+
+
+def image_errors(predicted: Tensor, target: Tensor, lpips=None) -> dict[str, float]:
+    """Mean per-pixel MSE and mean SSIM (and LPIPS if given) of images in [0, 1]; (N, C, H, W) each."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    predicted, target = predicted.float(), target.float()
+    errors = {
+        "mse": float((predicted - target).pow(2).mean()),
+        "ssim": float(structural_similarity_index_measure(predicted, target, data_range=1.0)),
+    }
+    if lpips is not None:
+        with torch.no_grad():
+            values = [lpips(p.expand(-1, 3, -1, -1), t.expand(-1, 3, -1, -1)) * len(p) for p, t in zip(predicted.split(CHUNK), target.split(CHUNK))]
+        errors["lpips"] = float(sum(values) / len(predicted))
+    return errors
+
+
+def transfer_errors(encoder: nn.Module, decoder: nn.Module, data: TranslationSet, pairs: int = 2000, seed: int = 0) -> dict:
+    """Transfer error of ``pairs`` random cross-class pairs of ``data`` against the ground truth.
+
+    Returns ``{"transfer": {...}, "copy_content": {...}, "copy_class": {...}, "reconstruction": {...},
+    "pairs": n, "lpips_note": why LPIPS is missing (or "")}``; each entry maps mse / ssim (/ lpips) to a value.
+    """
+    if pairs < 1:
+        raise UserError(f"the number of pairs must be >= 1, got {pairs}")
+    a, b = sample_pairs(data, pairs, seed)
+    answer, known = data.ground_truth(a, b)
+    if not bool(known.all()):
+        a, b, answer = a[known], b[known], answer[known]
+        if len(a) == 0:
+            raise UserError("no pair's ground truth (A's class in B's pose) is in the dataset")
+    images = data.images.float().div(255)
+    class_images, content_images, truth = images[a], images[b], images[answer]
+    lpips, note = _lpips_metric()
+    transferred = transfer(encoder, decoder, class_images, content_images)
+    reconstructed = transfer(encoder, decoder, class_images, class_images)
+    return {
+        "pairs": len(a),
+        "transfer": image_errors(transferred, truth, lpips),
+        "copy_content": image_errors(content_images, truth, lpips),
+        "copy_class": image_errors(class_images, truth, lpips),
+        "reconstruction": image_errors(reconstructed, class_images, lpips),
+        "lpips_note": note,
+    }
+
+
+def flat_metrics(errors: dict, split: str) -> dict[str, float]:
+    """``transfer_mse_test``, ``copy_content_ssim_test``, ... from :func:`transfer_errors`' nested result."""
+    return {
+        f"{kind}_{metric}_{split}": value
+        for kind in ("transfer", "copy_content", "copy_class", "reconstruction")
+        for metric, value in errors[kind].items()
+    }
+
+
+# ---- the Figure-7 matrix ----------------------------------------------------------------------------
+
+
+def pick_matrix_images(data: TranslationSet, rows: int, columns: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices of ``rows`` class images and ``columns`` content images, all of different classes where
+    the set has enough classes, in random poses."""
+    if rows < 1 or columns < 1:
+        raise UserError(f"the matrix needs at least one row and one column, got {rows} x {columns}")
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.unique(data.classes)
+    order = classes[torch.randperm(len(classes), generator=generator)]
+    wanted = order.repeat(-(-(rows + columns) // len(order)))[: rows + columns]
+    picked = []
+    for c in wanted.tolist():
+        members = torch.nonzero(data.classes == c).flatten()
+        picked.append(int(members[torch.randint(len(members), (1,), generator=generator)]))
+    picked = torch.tensor(picked)
+    return picked[:rows], picked[rows:]
+
+
+def _bordered(matrix: Tensor, class_images: Tensor, content_images: Tensor) -> np.ndarray:
+    """Figure 7's layout as one (rows+1)·(columns+1) grid: a blank corner, content images across the
+    top, class images down the left, transfers inside."""
+    rows, columns = matrix.shape[:2]
+    blank = torch.ones_like(class_images[:1])
+    cells = [blank, content_images]
+    for r in range(rows):
+        cells += [class_images[r : r + 1], matrix[r]]
+    return tile_images(torch.cat(cells).numpy(), columns + 1)
+
+
+def plot_transfer_matrix(panels: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """One or more bordered matrices side by side (e.g. the model's and the ground truth)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.4, 3.6), squeeze=False)
+    for ax, (name, grid) in zip(axes[0], panels.items()):
+        ax.imshow(grid[:, :, 0] if grid.shape[2] == 1 else grid, cmap="gray" if grid.shape[2] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+@dataclass
+class TransferMatrix:
+    path: Path
+    matrix: Tensor  # (R, C, channels, H, W) transfers
+    truth: Tensor | None  # the same from the ground truth, when the dataset has poses
+
+
+def translate(
+    run_dir: str | Path, rows: int = 4, columns: int = 4, split: str = "test", seed: int = 0, out: str | Path | None = None
+) -> TransferMatrix:
+    """Figure 7 for a run: class images down the left, content images across the top, transfers inside,
+    beside the ground-truth matrix when the dataset has pose labels. Writes a PNG and returns it."""
+    model = load_trained(run_dir)
+    data = _translation_data(model, split)
+    class_index, content_index = pick_matrix_images(data, rows, columns, seed)
+    images = data.images.float().div(255)
+    class_images, content_images = images[class_index], images[content_index]
+    matrix = transfer_matrix(model.encoder, model.decoder, class_images, content_images)
+    panels = {"class (left) x content (top)": _bordered(matrix, class_images, content_images)}
+    truth = None
+    if data.poses is not None:
+        answer, known = data.ground_truth(class_index.repeat_interleave(columns), content_index.repeat(rows))
+        if bool(known.all()):
+            truth = images[answer].view_as(matrix)
+            panels["ground truth"] = _bordered(truth, class_images, content_images)
+    path = Path(out) if out else model.run.path / "pictures" / f"transfer_{split}_step{model.step:07d}.png"
+    config = model.run.load_config()
+    plot_transfer_matrix(panels, path, f"{config.method.name}, step {model.step}, {split} split ({config.data.name})")
+    return TransferMatrix(path, matrix, truth)
+
+
+def _translation_data(model: TrainedModel, split: str) -> TranslationSet:
+    if split not in ("train", "test"):
+        raise UserError(f"--split must be train or test, got {split!r}")
+    config = model.run.load_config()
+    if config.model.arch != "translation":
+        raise UserError(f"{str(model.run.path)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
+    return load_translation_set(config.data, split)
+
+
+def evaluate_transfer(run_dir: str | Path, pairs: int = 2000, split: str = "test", seed: int = 0, argv: list[str] | None = None) -> dict:
+    """Transfer error of a run's latest checkpoint on ``split`` (held-out classes for ``test``).
+
+    Appends ``{"kind": "transfer", ...}`` to the run's metrics.jsonl, merges the values into
+    metrics.json, writes ``transfer.json`` and the matrix ``transfer.png`` into the run directory;
+    returns the nested errors with ``step`` and ``metrics`` (flat names) added.
+    """
+    model = load_trained(run_dir)
+    data = _translation_data(model, split)
+    if data.poses is None:
+        raise UserError(f"dataset {model.run.load_config().data.name!r} has no pose labels: content transfer has no ground truth (use 'translate' for pictures)")
+    errors = transfer_errors(model.encoder, model.decoder, data, pairs=pairs, seed=seed)
+    metrics = flat_metrics(errors, split)
+    run = model.run
+    run.log({"step": model.step, "kind": "transfer", "pairs": errors["pairs"], **metrics})
+    final = json.loads(run.final_metrics_path.read_text()) if run.final_metrics_path.exists() else {"step": model.step}
+    if final.get("step") == model.step:
+        run.write_final_metrics({**final, **metrics})
+    atomic_write_text(run.path / "transfer.json", json.dumps({"step": model.step, "split": split, **errors}, indent=2) + "\n")
+    translate(run_dir, split=split, seed=seed, out=run.path / "transfer.png")
+    if argv:
+        run.record_command(argv)
+    return {"step": model.step, "metrics": metrics, **errors}
+
+
+__all__ = [
+    "TransferMatrix",
+    "evaluate_transfer",
+    "flat_metrics",
+    "image_errors",
+    "latent_parts",
+    "pick_matrix_images",
+    "sample_pairs",
+    "transfer",
+    "transfer_errors",
+    "transfer_matrix",
+    "translate",
+]
+
+
+# ---- reproduce translation: Soft-IntroVAE vs a plain VAE on the rendered objects ----------------------
+
+TRANSLATION_METHODS = ("vae", "soft-introvae")
+PAPER_TABLE4 = {"LORD (supervised)": 0.078, "Soft-IntroVAE (unsupervised)": 0.084}  # Cars3D, LPIPS
+
+
+def _last_train_record(run_dir: Path) -> dict:
+    records = [r for r in RunDir(run_dir).read_log() if r.get("kind") == "train"]
+    return records[-1] if records else {}
+
+
+def reproduce_translation(
+    out: str | Path,
+    runs: list[str] | None = None,
+    preset: str = "translation-rendered-small",
+    overrides: dict | None = None,
+    pairs: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """A plain VAE and Soft-IntroVAE with the same translation architecture, data and budget (trained into
+    OUT/vae and OUT/soft-introvae, reused when finished, or ``runs`` = [VAE run, Soft-IntroVAE run]);
+    their transfer errors on held-out classes and Figure-7 matrices of the same images. Writes
+    OUT/translation.md, OUT/translation.json and OUT/<method>_transfer.png."""
+    from .ood import _train_or_reuse
+    from .sweep import finished_metrics
+
+    out = Path(out)
+    if runs is not None and len(runs) != 2:
+        raise UserError(f"--runs takes two run directories, the VAE's then the Soft-IntroVAE's; got {len(runs)}")
+    results = {}
+    for i, method in enumerate(TRANSLATION_METHODS):
+        path = Path(runs[i]) if runs else _train_or_reuse(preset, method, out / method, overrides or {}, experiment="translation")
+        found = evaluate_transfer(path, pairs=pairs, seed=seed)
+        matrix = translate(path, seed=seed, out=out / f"{method}_transfer.png")
+        config = RunDir.open(path).load_config()
+        last = _last_train_record(path)
+        results[method] = {
+            "run": str(path),
+            "method": config.method.name,
+            **{k: found[k] for k in ("step", "pairs", "transfer", "copy_content", "copy_class", "reconstruction", "lpips_note")},
+            "kl_content": last.get("kl_content"),
+            "kl_class": last.get("kl_class"),
+            "train_minutes": (finished_metrics(path) or {}).get("train_seconds", float("nan")) / 60,
+            "matrix": str(matrix.path),
+        }
+    atomic_write_text(out / "translation.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "translation.md", translation_markdown(results))
+    return results
+
+
+def translation_markdown(results: dict) -> str:
+    vae, soft = (results[m] for m in TRANSLATION_METHODS)
+    has_lpips = "lpips" in soft["transfer"]
+    columns = ["MSE ↓", "SSIM ↑"] + (["LPIPS ↓"] if has_lpips else [])
+    lines = [
+        f"Content transfer on held-out classes: decode(class of A, content of B) against the rendered image of A's "
+        f"object in B's pose, {soft['pairs']} random pairs of different classes; MSE per pixel in [0, 1].",
+        "",
+        "| | " + " | ".join(columns) + " | reconstruction MSE | KL content | KL class | steps | train min |",
+        "|---|" + "---|" * (len(columns) + 5),
+    ]
+
+    def cells(errors: dict) -> str:
+        return " | ".join(f"{errors[k]:.4f}" for k in ("mse", "ssim", "lpips")[: len(columns)])
+
+    for name, row in (("VAE", vae), ("Soft-IntroVAE", soft)):
+        kls = [f"{row[k]:.3g}" if row[k] is not None else "–" for k in ("kl_content", "kl_class")]
+        lines.append(
+            f"| {name} | {cells(row['transfer'])} | {row['reconstruction']['mse']:.4f} | {kls[0]} | {kls[1]} | {row['step']} | {row['train_minutes']:.1f} |"
+        )
+    lines.append(f"| answer B itself (copy content) | {cells(soft['copy_content'])} | | | | | |")
+    lines.append(f"| answer A itself (copy class) | {cells(soft['copy_class'])} | | | | | |")
+    if not has_lpips:
+        lines += ["", f"LPIPS skipped: {soft['lpips_note']}."]
+    lines += [
+        "",
+        "Paper, Table 4 (Cars3D, LPIPS, not comparable with these numbers): "
+        + ", ".join(f"{k} {v}" for k, v in PAPER_TABLE4.items())
+        + ".",
+        "",
+        f"Runs: VAE `{vae['run']}`, Soft-IntroVAE `{soft['run']}`; matrices: `{Path(vae['matrix']).name}`, `{Path(soft['matrix']).name}`.",
+    ]
+    return "\n".join(lines) + "\n"

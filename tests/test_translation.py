@@ -1,0 +1,334 @@
+"""Image translation: the two-encoder AdaIN model, per-latent KL weights, the rendered benchmark with
+its ground truth, content transfer and its error, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from softintrovae.cli import main
+from softintrovae.config import DataConfig, MethodConfig, ModelConfig
+from softintrovae.data import rendered
+from softintrovae.data.translation import load_cars3d, load_kth, load_translation_set
+from softintrovae.errors import UserError
+from softintrovae.methods import VAE, SoftIntroVAE, latent_betas
+from softintrovae.models import build_models
+from softintrovae.models.translation import AdaIN, adaptive_instance_norm
+from softintrovae.objectives import kl_to_standard_normal
+from softintrovae.translation import transfer, transfer_errors, transfer_matrix
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_model(size: int = 16, content: int = 3, class_: int = 5):
+    config = ModelConfig(arch="translation", channels=[4, 8], z_dim=content, class_z_dim=class_, hidden_dim=8)
+    torch.manual_seed(0)
+    return build_models(config, (3, size, size))
+
+
+@pytest.fixture
+def small_benchmark(monkeypatch, tmp_path):
+    """The rendered benchmark shrunk to 6 identities (2 held out) x 3 azimuths x 2 elevations, cached in tmp_path."""
+    monkeypatch.setattr(rendered, "NUM_CLASSES", 6)
+    monkeypatch.setattr(rendered, "TEST_CLASSES", 2)
+    monkeypatch.setattr(rendered, "AZIMUTHS", 3)
+    monkeypatch.setattr(rendered, "ELEVATIONS", (10.0, 30.0))
+    monkeypatch.setenv(rendered.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path
+
+
+# ---- building and shapes ------------------------------------------------------------------------
+
+
+def test_paper_sized_model_has_the_layers_of_section_9_3():
+    encoder, decoder = build_models(ModelConfig(arch="translation", channels=[64, 128, 256, 256], z_dim=128, class_z_dim=256), (3, 64, 64))
+    for branch in (encoder.content, encoder.class_):
+        convs = [m for m in branch.modules() if isinstance(m, nn.Conv2d)]
+        assert [c.out_channels for c in convs] == [64, 128, 256, 256]
+        assert sum(isinstance(m, nn.Linear) for m in branch.head) == 3
+    assert sum(isinstance(m, nn.Linear) for m in decoder.project) == 3
+    assert sum(isinstance(m, nn.Conv2d) for m in decoder.modules()) == 6 and len(decoder.norms) == 4
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in (*encoder.modules(), *decoder.modules()))
+    x = torch.rand(2, 3, 64, 64)
+    mu, logvar = encoder(x)
+    assert mu.shape == logvar.shape == (2, 384) and encoder.latent_sizes == (128, 256)
+    assert decoder(mu).shape == (2, 3, 64, 64)
+
+
+def test_concatenated_latent_is_content_then_class():
+    encoder, decoder = tiny_model()
+    x = torch.rand(4, 3, 16, 16)
+    mu, logvar = encoder(x)
+    torch.testing.assert_close(mu[:, :3], encoder.content(x)[0])
+    torch.testing.assert_close(logvar[:, 3:], encoder.class_(x)[1])
+    z_content, z_class = torch.randn(4, 3), torch.randn(4, 5)
+    torch.testing.assert_close(decoder(torch.cat([z_content, z_class], 1)), decoder.decode(z_content, z_class))
+    with pytest.raises(UserError, match="3 \\+ 5 dimensions, got 7"):
+        decoder(torch.randn(2, 7))
+
+
+def test_unsupported_settings_are_one_line_errors():
+    with pytest.raises(UserError, match="unsupervised"):
+        build_models(ModelConfig(arch="translation", channels=[4], conditional=True), (3, 16, 16), num_classes=3)
+    with pytest.raises(UserError, match="class_z_dim must be > 0"):
+        ModelConfig(arch="translation", class_z_dim=0)
+    with pytest.raises(UserError, match="beta_neg_class must be >= 0"):
+        MethodConfig(beta_neg_class=-1.0)
+
+
+# ---- AdaIN ----------------------------------------------------------------------------------------
+
+
+def test_adain_output_has_the_styles_per_channel_mean_and_std():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 9, 9, generator=generator) * 4 + 2
+    mean, std = torch.randn(3, 5, generator=generator), torch.rand(3, 5, generator=generator) + 0.2
+    y = adaptive_instance_norm(x, mean, std, eps=0.0)
+    torch.testing.assert_close(y.mean(dim=(2, 3)), mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(2, 3), unbiased=False), std, atol=1e-5, rtol=0)
+    style_image = torch.randn(3, 5, 6, 6, generator=generator)  # the classic form: another image's statistics
+    z = adaptive_instance_norm(x, style_image.mean((2, 3)), style_image.std((2, 3), unbiased=False), eps=0.0)
+    torch.testing.assert_close(z.std((2, 3), unbiased=False), style_image.std((2, 3), unbiased=False), atol=1e-5, rtol=0)
+
+
+def test_adain_layer_takes_its_statistics_from_the_style_vector():
+    layer = AdaIN(style_dim=4, channels=6)
+    style = torch.randn(2, 4)
+    mean, std = layer.statistics(style)
+    out = layer(torch.randn(2, 6, 5, 5) * 3, style)
+    torch.testing.assert_close(out.mean((2, 3)), mean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std((2, 3), unbiased=False).abs(), std.abs(), atol=1e-3, rtol=0)
+
+
+# ---- per-latent KL and gradient routing ----------------------------------------------------------------
+
+
+def test_each_latents_kl_has_its_own_beta_and_reaches_only_its_own_encoder():
+    encoder, decoder = tiny_model()
+    config = MethodConfig(beta_kl=0.7, beta_kl_class=0.2, beta_neg=3.0, beta_neg_class=5.0)
+    beta_kl, kl_weights, beta_neg, neg_weights = latent_betas(config, encoder)
+    assert beta_kl == beta_neg == 1.0
+    torch.testing.assert_close(kl_weights, torch.tensor([0.7] * 3 + [0.2] * 5))
+    torch.testing.assert_close(neg_weights, torch.tensor([3.0] * 3 + [5.0] * 5))
+    assert latent_betas(config, nn.Linear(2, 2)) == (0.7, None, 3.0, None)  # one latent: the plain scalars
+
+    mu, logvar = encoder(torch.rand(4, 3, 16, 16))
+    weighted = kl_to_standard_normal(mu, logvar, weights=kl_weights)
+    by_hand = 0.7 * kl_to_standard_normal(mu[:, :3], logvar[:, :3]) + 0.2 * kl_to_standard_normal(mu[:, 3:], logvar[:, 3:])
+    torch.testing.assert_close(weighted, by_hand)
+    kl_content = kl_to_standard_normal(mu[:, :3], logvar[:, :3])
+    grads = torch.autograd.grad(kl_content, [*encoder.content.parameters(), *encoder.class_.parameters()], allow_unused=True)
+    n = len(list(encoder.content.parameters()))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[:1])  # the content encoder gets a gradient
+    assert all(g is None or not g.any() for g in grads[n:])  # the class encoder none
+
+
+@pytest.mark.parametrize("method_cls", [VAE, SoftIntroVAE])
+def test_methods_log_and_weigh_each_latents_kl(method_cls):
+    encoder, decoder = tiny_model()
+    opts = (torch.optim.Adam(encoder.parameters(), 1e-4), torch.optim.Adam(decoder.parameters(), 1e-4))
+    config = MethodConfig(name=method_cls.name, beta_kl=0.7, beta_kl_class=0.2, beta_neg=30.0, beta_neg_class=10.0, vae_warmup_steps=0)
+    method = method_cls(encoder, decoder, *opts, config, scale=1 / 768, z_dim=decoder.z_dim)
+    x = torch.rand(4, 3, 16, 16)
+    before = [p.clone() for p in encoder.class_.parameters()]
+    losses = method.step(x, 0)
+    assert losses["kl"].item() == pytest.approx(0.7 * losses["kl_content"].item() + 0.2 * losses["kl_class"].item(), rel=1e-5)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert any(not torch.equal(b, p) for b, p in zip(before, encoder.class_.parameters()))
+
+
+# ---- the rendered benchmark ---------------------------------------------------------------------------
+
+
+def test_renderer_is_deterministic_and_identities_and_poses_differ():
+    identity = rendered.object_identity(3)
+    first = rendered.render(identity, 45.0, 20.0, 16)
+    assert first.shape == (16, 16, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, rendered.render(rendered.object_identity(3), 45.0, 20.0, 16))
+    assert not np.array_equal(first, rendered.render(identity, 60.0, 20.0, 16))
+    assert not np.array_equal(first, rendered.render(rendered.object_identity(4), 45.0, 20.0, 16))
+    assert first.max() > 100 and (first.sum(-1) == 0).mean() > 0.2  # a lit object on a black background
+
+
+def test_ground_truth_transfer_is_the_render_of_a_class_in_b_pose(small_benchmark):
+    train, test = (load_translation_set(DataConfig(name="rendered-objects", image_size=16), split) for split in ("train", "test"))
+    assert len(train.images) == 4 * 6 and len(test.images) == 2 * 6
+    assert set(train.classes.tolist()) == {0, 1, 2, 3} and set(test.classes.tolist()) == {4, 5}
+    a, b = torch.tensor([0, 7, 3, 11]), torch.tensor([8, 1, 9, 2])
+    answer, known = test.ground_truth(a, b)
+    assert known.all()
+    for i, j, k in zip(a.tolist(), b.tolist(), answer.tolist()):
+        pose = rendered.pose_angles(int(test.poses[j]), 3, (10.0, 30.0))
+        expected = rendered.render(rendered.object_identity(int(test.classes[i])), *pose, 16)
+        assert np.array_equal(test.images[k].permute(1, 2, 0).numpy(), expected)
+    assert torch.equal(test.ground_truth(a, a)[0], a)  # transferring an image's own content gives itself
+    assert list((small_benchmark / "cache" / "rendered").glob("*.npy"))  # cached for the next load
+    again = load_translation_set(DataConfig(name="rendered-objects", image_size=16), "test")
+    assert torch.equal(again.images, test.images)
+
+
+def test_cars3d_and_kth_from_user_files(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "cars.npz"
+    classes, azimuth, elevation = np.repeat(np.arange(22), 4), np.tile([0, 1], 44), np.tile([0, 0, 1, 1], 22)
+    np.savez(path, images=rng.integers(0, 256, (88, 8, 8, 3), dtype=np.uint8), classes=classes, azimuth=azimuth, elevation=elevation)
+    train, test = load_cars3d(str(path), "train", 16), load_cars3d(str(path), "test", 16)
+    assert train.images.shape == (8, 3, 16, 16) and test.images.shape == (80, 3, 16, 16)
+    assert set(test.classes.tolist()) == set(range(2, 22)) and test.poses.tolist()[:4] == [0, 2, 1, 3]
+    with pytest.raises(UserError, match="needs arrays 'images' and 'classes'"):
+        np.savez(tmp_path / "bad.npz", x=np.zeros(3))
+        load_cars3d(str(tmp_path / "bad.npz"), "train", 16)
+    from PIL import Image
+
+    for person in ("person01", "person02"):
+        (tmp_path / "kth" / person).mkdir(parents=True)
+        for k in range(5):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "kth" / person / f"{k}.png")
+    kth_train, kth_test = load_kth(str(tmp_path / "kth"), "train", 8), load_kth(str(tmp_path / "kth"), "test", 8)
+    assert kth_train.images.shape == (9, 1, 8, 8) and len(kth_test.images) == 1 and kth_test.poses is None
+
+
+# ---- content transfer ---------------------------------------------------------------------------------------
+
+
+class OracleEncoder(nn.Module):
+    """Looks each image up in the set: content latent = its pose id, class latent = its class id."""
+
+    latent_names, latent_sizes = ("content", "class"), (1, 1)
+
+    def __init__(self, data):
+        super().__init__()
+        self.data, self.dummy = data, nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        flat = self.data.images.float().div(255).flatten(1)
+        index = torch.cdist(x.flatten(1), flat).argmin(1)
+        mu = torch.stack([self.data.poses[index], self.data.classes[index]], 1).float()
+        return mu, torch.zeros_like(mu)
+
+
+class OracleDecoder(nn.Module):
+    """Returns the set's image of (class, pose); ``swapped`` reads the two latents the wrong way round."""
+
+    def __init__(self, data, swapped=False):
+        super().__init__()
+        self.data, self.swapped, self.dummy = data, swapped, nn.Parameter(torch.zeros(()))
+
+    def forward(self, z):
+        pose, class_ = z.long().unbind(1)
+        if self.swapped:
+            pose, class_ = class_, pose
+        return torch.stack([self.data.images[self.data.lookup.get((c, p), 0)] for c, p in zip(class_.tolist(), pose.tolist())]).float().div(255)
+
+
+def test_transfer_takes_class_from_a_and_content_from_b(small_benchmark):
+    data = load_translation_set(DataConfig(name="rendered-objects", image_size=16), "test")
+    encoder, decoder = OracleEncoder(data), OracleDecoder(data)
+    images = data.images.float().div(255)
+    a, b = torch.tensor([0, 6]), torch.tensor([7, 2])  # classes 4, 5 and 5, 4
+    out = transfer(encoder, decoder, images[a], images[b])
+    answer, _ = data.ground_truth(a, b)
+    torch.testing.assert_close(out, images[answer])
+    matrix = transfer_matrix(encoder, decoder, images[a], images[b])
+    torch.testing.assert_close(matrix[1, 0], images[data.lookup[(5, int(data.poses[7]))]])
+
+    perfect = transfer_errors(encoder, decoder, data, pairs=40, seed=0)
+    assert perfect["transfer"]["mse"] == 0.0 and perfect["transfer"]["ssim"] == pytest.approx(1.0)
+    swapped = transfer_errors(encoder, OracleDecoder(data, swapped=True), data, pairs=40, seed=0)
+    assert swapped["transfer"]["mse"] > 0.001 and perfect["copy_content"] == swapped["copy_content"]
+    assert perfect["copy_content"]["mse"] > 0.001 and perfect["copy_class"]["mse"] > 0.001
+
+
+def test_transfer_needs_a_two_latent_model():
+    from softintrovae.models import build_models as build
+
+    encoder, decoder = build(ModelConfig(arch="resnet", channels=[4], z_dim=4), (3, 8, 8))
+    with pytest.raises(UserError, match="needs a translation model"):
+        transfer(encoder, decoder, torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
+
+
+# ---- the CLI end to end -------------------------------------------------------------------------------------
+
+
+def test_translation_cli_end_to_end(small_benchmark, tmp_path, capsys):
+    sets = {
+        "data.image_size": 16, "data.batch_size": 8, "model.channels": "[4,4]", "model.z_dim": 3, "model.class_z_dim": 4,
+        "model.hidden_dim": 8, "train.steps": 3, "train.eval_every": 0, "train.progress": "false",
+    }  # fmt: skip
+    runs = []
+    for method in ("vae", "soft-introvae"):
+        args = [a for k, v in {**sets, "method.name": method}.items() for a in ("--set", f"{k}={v}")]
+        assert main(["train", "translation-rendered-small", "--out", str(tmp_path / method), *args]) == 0
+        runs.append(str(tmp_path / method))
+    capsys.readouterr()
+
+    assert main(["translate", runs[1], "--rows", "2", "--columns", "3", "--out", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").is_file()
+    assert main(["evaluate", runs[1], "--metrics", "transfer"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    saved = json.loads((tmp_path / "soft-introvae" / "metrics.json").read_text())
+    for name in ("transfer_mse_test", "transfer_ssim_test", "copy_content_mse_test", "copy_class_mse_test"):
+        assert saved[name] == printed[name]
+    assert 0 < saved["transfer_mse_test"] < 1 and (tmp_path / "soft-introvae" / "transfer.png").is_file()
+
+    out = tmp_path / "reproduce"
+    assert main(["reproduce", "translation", "--runs", *runs, "--out", str(out)]) == 0
+    table = (out / "translation.md").read_text()
+    assert "| VAE |" in table and "| Soft-IntroVAE |" in table and "copy content" in table
+    assert (out / "vae_transfer.png").is_file() and (out / "soft-introvae_transfer.png").is_file()
+    capsys.readouterr()
+
+    assert main(["translate", runs[1], "--split", "validation"]) == 2
+    assert "--split must be train or test, got 'validation'" in capsys.readouterr().err
+    assert main(["reproduce", "translation", "--seeds", "2"]) == 2
+    assert "--seeds does not apply to 'reproduce translation'" in capsys.readouterr().err
+
+
+# ---- the perceptual reconstruction loss -----------------------------------------------------------------------
+
+
+def test_perceptual_loss_compares_features_and_passes_gradients_to_the_reconstruction(monkeypatch):
+    from softintrovae import objectives
+    from softintrovae.perceptual import PerceptualLoss
+
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(4, 2, 3, stride=2, padding=1))]
+    loss = PerceptualLoss(blocks, channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    x, x_hat = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8, requires_grad=True)
+    h_x, h_y = (x - 0.5) / 0.25, (x_hat - 0.5) / 0.25
+    first_x, first_y = blocks[0](h_x), blocks[0](h_y)
+    by_hand = ((first_x - first_y) ** 2).flatten(1).mean(1) + ((blocks[1](first_x) - blocks[1](first_y)) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(loss(x, x_hat), by_hand * 192)
+    assert torch.equal(loss(x, x), torch.zeros(2))
+    loss(x, x_hat).sum().backward()
+    assert x_hat.grad.abs().sum() > 0 and all(p.grad is None for p in loss.parameters())
+    assert loss(x[:, :1], x_hat[:, :1]).shape == (2,)  # gray images are repeated to RGB
+
+    monkeypatch.setitem(objectives.CUSTOM_RECONSTRUCTIONS, "perceptual", loss)
+    torch.testing.assert_close(objectives.reconstruction_loss(x, x_hat, "perceptual"), (by_hand * 192).mean())
+
+
+def test_perceptual_loss_of_our_feature_net_trains_a_translation_model(small_benchmark, tmp_path, monkeypatch):
+    from softintrovae import objectives
+    from softintrovae.metrics.features import train_feature_net
+    from softintrovae.trainer import train
+
+    monkeypatch.setattr(objectives, "CUSTOM_RECONSTRUCTIONS", {})  # leave no registered network behind
+    data = load_translation_set(DataConfig(name="rendered-objects", image_size=16), "train")
+    net, _ = train_feature_net(data.images, data.classes, tmp_path / "net.pt", epochs=1, progress=False)
+    overrides = {
+        "data.image_size": 16, "data.batch_size": 8, "model.channels": [4, 4], "model.z_dim": 3, "model.class_z_dim": 4,
+        "model.hidden_dim": 8, "train.steps": 2, "train.eval_every": 0, "train.progress": False,
+        "method.reconstruction": "perceptual", "method.perceptual_net": str(net),
+    }  # fmt: skip
+    result = train("translation-rendered-small", out=tmp_path / "run", overrides=overrides)
+    assert np.isfinite(result.metrics["rec_mse"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["rec"] > 0
+    for bad, message in (("vgg16:/nonexistent.pth", "not found|needs torchvision"), (str(tmp_path / "none.pt"), "neither vgg16 nor")):
+        with pytest.raises(UserError, match=message):
+            train("translation-rendered-small", out=tmp_path / "bad", overrides={**overrides, "method.perceptual_net": bad})
