@@ -19,6 +19,7 @@ from softintrovae.methods import VAE, SoftIntroVAE, latent_betas
 from softintrovae.models import build_models
 from softintrovae.models.translation import AdaIN, adaptive_instance_norm
 from softintrovae.objectives import kl_to_standard_normal
+from softintrovae.rundir import RunDir
 from softintrovae.translation import transfer, transfer_errors, transfer_matrix
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -286,6 +287,41 @@ def test_translation_cli_end_to_end(small_benchmark, tmp_path, capsys):
     assert "--split must be train or test, got 'validation'" in capsys.readouterr().err
     assert main(["reproduce", "translation", "--seeds", "2"]) == 2
     assert "--seeds does not apply to 'reproduce translation'" in capsys.readouterr().err
+
+
+def test_transfer_curve_measures_every_kept_checkpoint_and_skips_a_corrupt_one(small_benchmark, tmp_path, capsys):
+    sets = {
+        "data.image_size": 16, "data.batch_size": 8, "model.channels": "[4,4]", "model.z_dim": 3, "model.class_z_dim": 4,
+        "model.hidden_dim": 8, "train.steps": 6, "train.checkpoint_every": 2, "train.eval_every": 0, "train.progress": "false",
+    }  # fmt: skip
+    run = tmp_path / "run"
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    assert main(["train", "translation-rendered-small", "--out", str(run), *args]) == 0
+    capsys.readouterr()
+
+    assert main(["evaluate", str(run), "--metrics", "transfer-curve"]) == 0
+    printed = capsys.readouterr().out
+    curve = json.loads((run / "transfer_curve.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [2, 4, 6] and (run / "transfer_curve.png").is_file()
+    assert all(f"step {step:>7}" in printed for step in (2, 4, 6))
+
+    # the last point is the latest checkpoint's transfer error on the same pairs
+    from softintrovae.pictures import load_trained
+
+    model = load_trained(run)
+    data = load_translation_set(RunDir(run).load_config().data, "test")
+    latest = transfer_errors(model.encoder, model.decoder, data, pairs=curve["pairs"], seed=curve["seed"])
+    assert curve["points"][-1]["transfer"] == latest["transfer"]
+    assert curve["points"][0]["transfer"] != curve["points"][-1]["transfer"]  # training moved the model
+    assert curve["points"][0]["copy_content"] == curve["points"][-1]["copy_content"]  # the same pairs throughout
+
+    middle = run / "checkpoints" / "step_0000004.pt"
+    middle.write_bytes(middle.read_bytes()[:100])
+    assert main(["evaluate", str(run), "--metrics", "transfer-curve"]) == 0
+    assert "skipping step_0000004.pt" in capsys.readouterr().err
+    assert [p["step"] for p in json.loads((run / "transfer_curve.json").read_text())["points"]] == [2, 6]
+
+    assert main(["evaluate", str(tmp_path / "missing"), "--metrics", "transfer-curve"]) == 2
 
 
 # ---- the perceptual reconstruction loss -----------------------------------------------------------------------

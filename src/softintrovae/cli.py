@@ -72,12 +72,13 @@ def _fid_kid_request(names: str) -> tuple[list[str], dict]:
 
 def cmd_evaluate(args) -> int:
     names = [n.strip() for n in (args.metrics or "").split(",") if n.strip()]
-    if "transfer" in names:  # content transfer of a translation run (softintrovae.translation)
-        _evaluate_transfer(args)
-        names.remove("transfer")
-        if not names:
-            return 0
-        args.metrics = ",".join(names)
+    translation = {"transfer": _evaluate_transfer, "transfer-curve": _evaluate_transfer_curve}  # softintrovae.translation
+    for name in [n for n in names if n in translation]:
+        translation[name](args)
+        names.remove(name)
+    if (args.metrics or "").strip() and not names:
+        return 0
+    args.metrics = ",".join(names)
     wanted, overrides = _fid_kid_request(args.metrics) if args.metrics else ([], None)
     if wanted:
         from .metrics.features import feature_nets_dir
@@ -110,6 +111,17 @@ def _evaluate_transfer(args) -> None:
         print(f"  LPIPS skipped: {found['lpips_note']}")
     print(f"matrix: {Path(args.run_dir) / 'transfer.png'}")
     print(json.dumps(found["metrics"]))
+
+
+def _evaluate_transfer_curve(args) -> None:
+    from .translation import transfer_curve
+
+    found = transfer_curve(args.run_dir)
+    print(f"content transfer per checkpoint ({found['split']} split, {found['pairs']} pairs):")
+    for point in found["points"]:
+        cells = "   ".join(f"{kind} mse {point[kind]['mse']:.4f} ssim {point[kind]['ssim']:.3f}" for kind in ("transfer", "reconstruction"))
+        print(f"  step {point['step']:>7}   {cells}")
+    print(f"curve: {Path(args.run_dir) / 'transfer_curve.png'}")
 
 
 def cmd_translate(args) -> int:
@@ -292,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a run's latest checkpoint (metrics.json and plots)")
     p.add_argument("run_dir")
     p.add_argument("--metrics", help="image runs: FID/KID to add, e.g. fid10k_train_fmnistnet,kid10k_train_fmnistnet; "
-                   "translation runs: transfer (content-transfer error on held-out classes)")
+                   "translation runs: transfer (content-transfer error on held-out classes), "
+                   "transfer-curve (the same for every kept checkpoint, with a plot)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="Soft-IntroVAE on 8 Gaussians in a few minutes; prints where the plots are")

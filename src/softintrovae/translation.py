@@ -22,14 +22,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .data.rendered import TranslationSet
 from .data.translation import load_translation_set
-from .errors import UserError
+from .errors import CorruptCheckpoint, UserError, warn
 from .evaluation import eval_mode
 from .pictures import TrainedModel, load_trained
 from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
-from .rundir import RunDir, atomic_write_text
+from .models import build_models
+from .rundir import RunDir, atomic_write_text, load_checkpoint
 
 CHUNK = 256  # images per forward pass
 
@@ -262,9 +264,73 @@ def evaluate_transfer(run_dir: str | Path, pairs: int = 2000, split: str = "test
     return {"step": model.step, "metrics": metrics, **errors}
 
 
+# ---- transfer error over training: every kept checkpoint ------------------------------------------
+
+
+def _checkpoint_models(run: RunDir, config, shape: tuple[int, ...]):
+    """(step, encoder, decoder) for each kept checkpoint that loads, oldest first; corrupt ones are skipped with a warning."""
+    encoder, decoder = build_models(config.model, shape, 0)
+    for path in run.checkpoints():
+        try:
+            state = load_checkpoint(path)
+            encoder.load_state_dict(state["encoder"])
+            decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))
+        except (CorruptCheckpoint, KeyError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warn(f"skipping {path.name}: {reason[:160]}")
+            continue
+        yield int(state["step"]), encoder, decoder
+
+
+def transfer_curve(run_dir: str | Path, pairs: int = 1000, split: str = "test", seed: int = 0) -> dict:
+    """Transfer error of every checkpoint the run kept (``train.keep_checkpoints`` of them), on the same
+    pairs: when, if ever, the model learned to transfer. Writes ``transfer_curve.json`` and
+    ``transfer_curve.png`` (transfer and reconstruction MSE / SSIM against the two copy answers) into
+    the run directory and returns the JSON's content."""
+    run = RunDir.open(run_dir)
+    config = run.load_config()
+    if config.model.arch != "translation":
+        raise UserError(f"{str(run.path)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
+    if not run.checkpoints():
+        raise UserError(f"run directory {str(run.path)!r} has no checkpoint yet")
+    data = load_translation_set(config.data, split)
+    if data.poses is None:
+        raise UserError(f"dataset {config.data.name!r} has no pose labels: content transfer has no ground truth (use 'translate' for pictures)")
+    points = []
+    checkpoints = _checkpoint_models(run, config, tuple(data.images.shape[1:]))
+    for step, encoder, decoder in tqdm(checkpoints, total=len(run.checkpoints()), desc="transfer per checkpoint", leave=False):
+        errors = transfer_errors(encoder, decoder, data, pairs=pairs, seed=seed)
+        points.append({"step": step, **{k: errors[k] for k in ("transfer", "reconstruction", "copy_content", "copy_class")}})
+    if not points:
+        raise UserError(f"no checkpoint of {str(run.path)!r} could be loaded")
+    result = {"split": split, "pairs": pairs, "seed": seed, "method": config.method.name, "points": points}
+    atomic_write_text(run.path / "transfer_curve.json", json.dumps(result, indent=2) + "\n")
+    plot_transfer_curve(result, run.path / "transfer_curve.png", f"{config.method.name}: content transfer over training ({split} split, {pairs} pairs)")
+    return result
+
+
+def plot_transfer_curve(result: dict, path: Path, title: str) -> Path:
+    """MSE (lower is better) and SSIM (higher is better) per checkpoint; the copy answers as dashed lines."""
+    steps = [p["step"] for p in result["points"]]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("mse", "ssim")):
+        ax.plot(steps, [p["transfer"][metric] for p in result["points"]], "o-", label="transfer")
+        ax.plot(steps, [p["reconstruction"][metric] for p in result["points"]], "s-", alpha=0.6, label="reconstruction")
+        for kind, style in (("copy_content", "--"), ("copy_class", ":")):
+            ax.axhline(result["points"][-1][kind][metric], color="gray", linestyle=style, label=kind.replace("_", " "))
+        ax.set_xlabel("step")
+        ax.set_title(f"{metric.upper()} {'(lower is better)' if metric == 'mse' else '(higher is better)'}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 __all__ = [
     "TransferMatrix",
     "evaluate_transfer",
+    "plot_transfer_curve",
+    "transfer_curve",
     "flat_metrics",
     "image_errors",
     "latent_parts",
