@@ -20,6 +20,7 @@ from softintrovae.models import build_models
 from softintrovae.models.translation import AdaIN, adaptive_instance_norm
 from softintrovae.objectives import kl_to_standard_normal
 from softintrovae.rundir import RunDir
+from softintrovae import translation
 from softintrovae.translation import transfer, transfer_errors, transfer_matrix
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -244,6 +245,30 @@ def test_transfer_takes_class_from_a_and_content_from_b(small_benchmark):
     assert perfect["copy_content"]["mse"] > 0.001 and perfect["copy_class"]["mse"] > 0.001
 
 
+def test_latent_usage_tells_an_informative_latent_from_a_shifted_one():
+    class Encoder(nn.Module):
+        latent_names, latent_sizes = ("content", "class"), (3, 2)
+
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):  # content: the same shift (2, 0, 0) for every image; class: x's first pixel, then 0
+            n = len(x)
+            content = torch.tensor([2.0, 0.0, 0.0]).expand(n, 3)
+            class_ = torch.stack([x[:, 0, 0, 0] * self.weight, torch.zeros(n)], 1)
+            return torch.cat([content, class_], 1), torch.zeros(n, 5)
+
+    x = torch.zeros(1000, 1, 2, 2)
+    x[:, 0, 0, 0] = torch.linspace(-2, 2, 1000)
+    usage = translation.latent_usage(Encoder(), x)
+    assert usage["content"] == {"kl": pytest.approx(2.0), "kl_offset": pytest.approx(2.0), "active_units": 0, "dims": 3}
+    spread = x[:, 0, 0, 0]
+    assert usage["class"]["kl"] == pytest.approx(0.5 * float(spread.pow(2).mean()), rel=1e-5)
+    assert usage["class"]["kl_offset"] == pytest.approx(0.0, abs=1e-9)
+    assert usage["class"]["active_units"] == 1 and usage["class"]["dims"] == 2
+
+
 def test_transfer_needs_a_two_latent_model():
     from softintrovae.models import build_models as build
 
@@ -272,7 +297,7 @@ def test_translation_cli_end_to_end(small_benchmark, tmp_path, capsys):
     assert main(["evaluate", runs[1], "--metrics", "transfer"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     saved = json.loads((tmp_path / "soft-introvae" / "metrics.json").read_text())
-    for name in ("transfer_mse_test", "transfer_ssim_test", "copy_content_mse_test", "copy_class_mse_test"):
+    for name in ("transfer_mse_test", "transfer_ssim_test", "copy_content_mse_test", "copy_class_mse_test", "content_active_units_test", "class_kl_test"):
         assert saved[name] == printed[name]
     assert 0 < saved["transfer_mse_test"] < 1 and (tmp_path / "soft-introvae" / "transfer.png").is_file()
 

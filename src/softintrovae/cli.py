@@ -107,6 +107,8 @@ def _evaluate_transfer(args) -> None:
     print(f"content transfer on held-out classes ({found['pairs']} pairs, step {found['step']}):")
     for kind in ("transfer", "copy_content", "copy_class", "reconstruction"):
         print(f"  {kind:<15}" + "   ".join(f"{metric} {value:.4f}" for metric, value in found[kind].items()))
+    for latent, u in found["latents"].items():
+        print(f"  {latent + ' latent':<15}KL {u['kl']:.3g} nats (offset {u['kl_offset']:.2g}), {u['active_units']}/{u['dims']} active units")
     if found["lpips_note"]:
         print(f"  LPIPS skipped: {found['lpips_note']}")
     print(f"matrix: {Path(args.run_dir) / 'transfer.png'}")

@@ -31,6 +31,7 @@ from .evaluation import eval_mode
 from .pictures import TrainedModel, load_trained
 from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
 from .models import build_models
+from .objectives import kl_to_standard_normal
 from .rundir import RunDir, atomic_write_text, load_checkpoint
 
 CHUNK = 256  # images per forward pass
@@ -66,6 +67,38 @@ def transfer_matrix(encoder: nn.Module, decoder: nn.Module, class_images: Tensor
     a = class_images.repeat_interleave(columns, dim=0)
     b = content_images.repeat(rows, 1, 1, 1)
     return transfer(encoder, decoder, a, b).view(rows, columns, *class_images.shape[1:])
+
+
+# ---- how much each latent carries --------------------------------------------------------------------
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2016): a latent unit is active when Var_x E[z_d | x] > 0.01
+
+
+def latent_usage(encoder: nn.Module, images: Tensor) -> dict[str, dict[str, float]]:
+    """Per latent (content, class) over ``images``: the mean KL to the prior in nats, the part of it that
+    is a shift shared by all images (``kl_offset`` = ½‖E_x μ(x)‖², which tells the decoder nothing about
+    x), and the number of active units (dimensions whose posterior mean varies across images).
+
+    A posterior can be far from the prior (KL well above 0) and still carry little about x when most
+    of its KL is offset or sits in few units; this is what separates a latent that is *used* from one
+    that merely did not collapse."""
+    mus, logvars = [], []
+    with eval_mode(encoder):
+        device = next(encoder.parameters()).device
+        for x in images.split(CHUNK):
+            mu, logvar = encoder(x.to(device))
+            mus.append(mu.float().cpu())
+            logvars.append(logvar.float().cpu())
+    mu, logvar = torch.cat(mus), torch.cat(logvars)
+    usage = {}
+    for name, m, lv in zip(encoder.latent_names, mu.split(tuple(encoder.latent_sizes), 1), logvar.split(tuple(encoder.latent_sizes), 1)):
+        usage[name] = {
+            "kl": float(kl_to_standard_normal(m, lv)),
+            "kl_offset": float(0.5 * m.mean(0).pow(2).sum()),
+            "active_units": int((m.var(0) > ACTIVE_UNIT_THRESHOLD).sum()),
+            "dims": m.shape[1],
+        }
+    return usage
 
 
 # ---- the transfer error against ground truth ------------------------------------------------------
@@ -144,17 +177,21 @@ def transfer_errors(encoder: nn.Module, decoder: nn.Module, data: TranslationSet
         "copy_content": image_errors(content_images, truth, lpips),
         "copy_class": image_errors(class_images, truth, lpips),
         "reconstruction": image_errors(reconstructed, class_images, lpips),
+        "latents": latent_usage(encoder, images),
         "lpips_note": note,
     }
 
 
 def flat_metrics(errors: dict, split: str) -> dict[str, float]:
     """``transfer_mse_test``, ``copy_content_ssim_test``, ... from :func:`transfer_errors`' nested result."""
-    return {
+    flat = {
         f"{kind}_{metric}_{split}": value
         for kind in ("transfer", "copy_content", "copy_class", "reconstruction")
         for metric, value in errors[kind].items()
     }
+    for latent, usage in errors.get("latents", {}).items():
+        flat.update({f"{latent}_{key}_{split}": usage[key] for key in ("kl", "kl_offset", "active_units")})
+    return flat
 
 
 # ---- the Figure-7 matrix ----------------------------------------------------------------------------
@@ -300,7 +337,7 @@ def transfer_curve(run_dir: str | Path, pairs: int = 1000, split: str = "test", 
     checkpoints = _checkpoint_models(run, config, tuple(data.images.shape[1:]))
     for step, encoder, decoder in tqdm(checkpoints, total=len(run.checkpoints()), desc="transfer per checkpoint", leave=False):
         errors = transfer_errors(encoder, decoder, data, pairs=pairs, seed=seed)
-        points.append({"step": step, **{k: errors[k] for k in ("transfer", "reconstruction", "copy_content", "copy_class")}})
+        points.append({"step": step, **{k: errors[k] for k in ("transfer", "reconstruction", "copy_content", "copy_class", "latents")}})
     if not points:
         raise UserError(f"no checkpoint of {str(run.path)!r} could be loaded")
     result = {"split": split, "pairs": pairs, "seed": seed, "method": config.method.name, "points": points}
@@ -334,6 +371,7 @@ __all__ = [
     "flat_metrics",
     "image_errors",
     "latent_parts",
+    "latent_usage",
     "pick_matrix_images",
     "sample_pairs",
     "transfer",
@@ -382,7 +420,7 @@ def reproduce_translation(
         results[method] = {
             "run": str(path),
             "method": config.method.name,
-            **{k: found[k] for k in ("step", "pairs", "transfer", "copy_content", "copy_class", "reconstruction", "lpips_note")},
+            **{k: found[k] for k in ("step", "pairs", "transfer", "copy_content", "copy_class", "reconstruction", "latents", "lpips_note")},
             "kl_content": last.get("kl_content"),
             "kl_class": last.get("kl_class"),
             "train_minutes": (finished_metrics(path) or {}).get("train_seconds", float("nan")) / 60,
@@ -401,20 +439,31 @@ def translation_markdown(results: dict) -> str:
         f"Content transfer on held-out classes: decode(class of A, content of B) against the rendered image of A's "
         f"object in B's pose, {soft['pairs']} random pairs of different classes; MSE per pixel in [0, 1].",
         "",
-        "| | " + " | ".join(columns) + " | reconstruction MSE | KL content | KL class | steps | train min |",
+        "| | " + " | ".join(columns) + " | reconstruction MSE | content KL (offset), active | class KL (offset), active | steps | train min |",
         "|---|" + "---|" * (len(columns) + 5),
     ]
+
+    def usage(row: dict, latent: str) -> str:
+        u = row.get("latents", {}).get(latent)
+        return f"{u['kl']:.3g} ({u['kl_offset']:.2g}), {u['active_units']}/{u['dims']}" if u else "–"
+
 
     def cells(errors: dict) -> str:
         return " | ".join(f"{errors[k]:.4f}" for k in ("mse", "ssim", "lpips")[: len(columns)])
 
     for name, row in (("VAE", vae), ("Soft-IntroVAE", soft)):
-        kls = [f"{row[k]:.3g}" if row[k] is not None else "–" for k in ("kl_content", "kl_class")]
         lines.append(
-            f"| {name} | {cells(row['transfer'])} | {row['reconstruction']['mse']:.4f} | {kls[0]} | {kls[1]} | {row['step']} | {row['train_minutes']:.1f} |"
+            f"| {name} | {cells(row['transfer'])} | {row['reconstruction']['mse']:.4f} | {usage(row, 'content')} | {usage(row, 'class')} "
+            f"| {row['step']} | {row['train_minutes']:.1f} |"
         )
     lines.append(f"| answer B itself (copy content) | {cells(soft['copy_content'])} | | | | | |")
     lines.append(f"| answer A itself (copy class) | {cells(soft['copy_class'])} | | | | | |")
+    lines += [
+        "",
+        "KL: mean over the held-out images, in nats; offset: the part of it that is a shift shared by all images "
+        f"(½‖E_x μ‖², no information about x); active: latent units whose posterior mean varies across images "
+        f"(variance > {ACTIVE_UNIT_THRESHOLD}).",
+    ]
     if not has_lpips:
         lines += ["", f"LPIPS skipped: {soft['lpips_note']}."]
     lines += [
