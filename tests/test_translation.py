@@ -349,6 +349,17 @@ def test_transfer_curve_measures_every_kept_checkpoint_and_skips_a_corrupt_one(s
     assert main(["evaluate", str(tmp_path / "missing"), "--metrics", "transfer-curve"]) == 2
 
 
+def test_reproduce_trains_with_the_overrides_and_records_them(tmp_path, monkeypatch):
+    from softintrovae import ood, trainer
+
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda preset, out, overrides, argv: trained.append((preset, overrides, argv)))
+    ood._train_or_reuse("translation-rendered-small", "soft-introvae", tmp_path / "soft", {"method.beta_rec": 2.0}, experiment="translation")
+    preset, overrides, argv = trained[0]
+    assert overrides == {"method.beta_rec": 2.0, "method.name": "soft-introvae"}
+    assert argv == ["softintrovae", "reproduce", "translation", "--set", "method.beta_rec=2.0"]  # command.txt repeats the run
+
+
 # ---- the perceptual reconstruction loss -----------------------------------------------------------------------
 
 

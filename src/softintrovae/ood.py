@@ -201,7 +201,8 @@ def _train_or_reuse(preset: str, method: str, path: Path, overrides: dict, exper
             trainer.run.record_command(["softintrovae", "reproduce", experiment, "(resumed)"])
             trainer.fit()
         return path
-    train(preset, out=path, overrides={**overrides, "method.name": method}, argv=["softintrovae", "reproduce", experiment])
+    sets = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
+    train(preset, out=path, overrides={**overrides, "method.name": method}, argv=["softintrovae", "reproduce", experiment, *sets])
     return path
 
 
