@@ -28,7 +28,7 @@ from .data.rendered import TranslationSet
 from .data.translation import load_translation_set
 from .errors import CorruptCheckpoint, UserError, warn
 from .evaluation import eval_mode
-from .pictures import TrainedModel, load_trained
+from .pictures import load_trained
 from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
 from .models import build_models
 from .objectives import kl_to_standard_normal
@@ -249,7 +249,7 @@ def translate(
     """Figure 7 for a run: class images down the left, content images across the top, transfers inside,
     beside the ground-truth matrix when the dataset has pose labels. Writes a PNG and returns it."""
     model = load_trained(run_dir)
-    data = _translation_data(model, split)
+    data = _translation_data(model.run, split)
     class_index, content_index = pick_matrix_images(data, rows, columns, seed)
     images = data.images.float().div(255)
     class_images, content_images = images[class_index], images[content_index]
@@ -267,13 +267,17 @@ def translate(
     return TransferMatrix(path, matrix, truth)
 
 
-def _translation_data(model: TrainedModel, split: str) -> TranslationSet:
+def _translation_data(run: RunDir, split: str, posed: bool = False) -> TranslationSet:
+    """The run's translation data for ``split``; ``posed``: it must have pose labels (a transfer ground truth)."""
     if split not in ("train", "test"):
         raise UserError(f"--split must be train or test, got {split!r}")
-    config = model.run.load_config()
+    config = run.load_config()
     if config.model.arch != "translation":
-        raise UserError(f"{str(model.run.path)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
-    return load_translation_set(config.data, split)
+        raise UserError(f"{str(run.path)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
+    data = load_translation_set(config.data, split)
+    if posed and data.poses is None:
+        raise UserError(f"dataset {config.data.name!r} has no pose labels: content transfer has no ground truth (use 'translate' for pictures)")
+    return data
 
 
 def evaluate_transfer(run_dir: str | Path, pairs: int = 2000, split: str = "test", seed: int = 0, argv: list[str] | None = None) -> dict:
@@ -284,9 +288,7 @@ def evaluate_transfer(run_dir: str | Path, pairs: int = 2000, split: str = "test
     returns the nested errors with ``step`` and ``metrics`` (flat names) added.
     """
     model = load_trained(run_dir)
-    data = _translation_data(model, split)
-    if data.poses is None:
-        raise UserError(f"dataset {model.run.load_config().data.name!r} has no pose labels: content transfer has no ground truth (use 'translate' for pictures)")
+    data = _translation_data(model.run, split, posed=True)
     errors = transfer_errors(model.encoder, model.decoder, data, pairs=pairs, seed=seed)
     metrics = flat_metrics(errors, split)
     run = model.run
@@ -325,14 +327,10 @@ def transfer_curve(run_dir: str | Path, pairs: int = 1000, split: str = "test", 
     ``transfer_curve.png`` (transfer and reconstruction MSE / SSIM against the two copy answers) into
     the run directory and returns the JSON's content."""
     run = RunDir.open(run_dir)
-    config = run.load_config()
-    if config.model.arch != "translation":
-        raise UserError(f"{str(run.path)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
+    data = _translation_data(run, split, posed=True)
     if not run.checkpoints():
         raise UserError(f"run directory {str(run.path)!r} has no checkpoint yet")
-    data = load_translation_set(config.data, split)
-    if data.poses is None:
-        raise UserError(f"dataset {config.data.name!r} has no pose labels: content transfer has no ground truth (use 'translate' for pictures)")
+    config = run.load_config()
     points = []
     checkpoints = _checkpoint_models(run, config, tuple(data.images.shape[1:]))
     for step, encoder, decoder in tqdm(checkpoints, total=len(run.checkpoints()), desc="transfer per checkpoint", leave=False):
