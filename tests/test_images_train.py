@@ -15,7 +15,8 @@ from softintrovae.errors import UserError
 from softintrovae.methods import SoftIntroVAE, per_kind
 from softintrovae.models import MLPDecoder, MLPEncoder
 from softintrovae.models.resnet import ResidualDecoder, ResidualEncoder
-from softintrovae.rundir import RunDir, load_checkpoint
+from softintrovae.checkpoint import load_checkpoint
+from softintrovae.rundir import RunDir
 from softintrovae.trainer import Trainer, resume, train
 
 IMAGES = 40  # 5 steps per epoch at batch 8

@@ -3,7 +3,7 @@ the uninterrupted run's parameters bit for bit (CPU, fp32): 2D runs, image runs 
 
 The kill comes from outside, as a scheduler's would: the test watches the run's metrics.jsonl and
 kills the process group once a randomly drawn step is logged. The kill during a checkpoint write
-uses the test hook ``SOFTINTROVAE_TEST_KILL_DURING_CHECKPOINT`` (see ``softintrovae.rundir``).
+uses the test hook ``SOFTINTROVAE_TEST_KILL_DURING_CHECKPOINT`` (see ``softintrovae.checkpoint``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 from softintrovae.cli import main
 from softintrovae.errors import RunWarning
-from softintrovae.rundir import KILL_DURING_CHECKPOINT_ENV, RunDir, load_checkpoint
+from softintrovae.checkpoint import KILL_DURING_CHECKPOINT_ENV, load_checkpoint
+from softintrovae.rundir import RunDir
 from softintrovae.sweep import sweep
 from softintrovae.trainer import resume, train
 

@@ -22,7 +22,8 @@ from softintrovae.errors import UserError
 from softintrovae.methods import SoftIntroVAE, Stepper
 from softintrovae.models import build_models
 from softintrovae.models.resnet import ResidualDecoder, ResidualEncoder
-from softintrovae.rundir import RunDir, load_checkpoint
+from softintrovae.checkpoint import load_checkpoint
+from softintrovae.rundir import RunDir
 from softintrovae.trainer import Trainer, autocast_for, train
 
 from .test_images_train import as_cli_sets, npz, tiny  # noqa: F401  (npz is a fixture)

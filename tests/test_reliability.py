@@ -21,7 +21,8 @@ from softintrovae import methods
 from softintrovae.cli import main
 from softintrovae.errors import RunWarning, TrainingDiverged, UserError
 from softintrovae.methods import SoftIntroVAE
-from softintrovae.rundir import RunDir, _HashingWriter, checksum_path, load_checkpoint
+from softintrovae.checkpoint import _HashingWriter, checksum_path, load_checkpoint
+from softintrovae.rundir import RunDir
 from softintrovae.trainer import Trainer, evaluate, resume, train
 
 from .conftest import tiny_overrides

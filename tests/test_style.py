@@ -16,7 +16,7 @@ from softintrovae.growth import EMA, GrowthSchedule, ProgressiveStream, blend_al
 from softintrovae.methods import build_method
 from softintrovae.models import build_models
 from softintrovae.models.style import EqualConv2d, EqualLinear, StyleDecoder, StyleEncoder
-from softintrovae.rundir import load_checkpoint
+from softintrovae.checkpoint import load_checkpoint
 from softintrovae.trainer import Trainer, resume, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")

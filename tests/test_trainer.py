@@ -15,7 +15,8 @@ import torch
 
 from softintrovae.config import load_config
 from softintrovae.errors import TrainingDiverged, UserError
-from softintrovae.rundir import RunDir, load_checkpoint
+from softintrovae.checkpoint import load_checkpoint
+from softintrovae.rundir import RunDir
 from softintrovae.trainer import Trainer, resume, train
 
 from .conftest import tiny_overrides

@@ -368,6 +368,11 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def load_run_config(path: Path) -> Config:
+    """The resolved config a run directory holds (``RUN/config.yaml``)."""
+    return config_from_dict(read_config_file(Path(path)))
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] | list[str] | None = None) -> Config:
     """A Config from a preset name, a YAML file, or a dict, with optional overrides.
 

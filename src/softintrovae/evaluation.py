@@ -19,7 +19,7 @@ from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_n
 from .models import class_labels, forward, num_classes_of
 from .objectives import kl_to_standard_normal, reconstruction_loss
 from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
-from .rundir import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 class eval_mode:

@@ -10,14 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from .files import save_figure  # noqa: E402
 
 
 def _square_axes(ax, limit: float, title: str) -> None:
@@ -36,7 +29,7 @@ def plot_samples(real: np.ndarray, generated: np.ndarray, limit: float, path: Pa
     _square_axes(axes[1], limit, "samples")
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def normalized_density(neg_elbo_grid: np.ndarray) -> np.ndarray:
@@ -53,7 +46,7 @@ def plot_density(neg_elbo_grid: np.ndarray, limit: float, path: Path, title: str
     image = ax.imshow(density, origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     _square_axes(ax, limit, title or "exp(ELBO) density")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_method_grid(cells: dict[tuple[str, str], dict], rows: list[str], columns: list[str], path: Path, title: str = "") -> Path:
@@ -88,7 +81,7 @@ def plot_method_grid(cells: dict[tuple[str, str], dict], rows: list[str], column
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_stability(margins: np.ndarray, curves: dict[str, np.ndarray], flat: dict[str, tuple[float, float]], path: Path, title: str = "") -> Path:
@@ -109,7 +102,7 @@ def plot_stability(margins: np.ndarray, curves: dict[str, np.ndarray], flat: dic
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_collapse(curves: dict[str, tuple[np.ndarray, np.ndarray]], samples: dict[str, dict], warmup: int, path: Path, title: str = "") -> Path:
@@ -137,7 +130,7 @@ def plot_collapse(curves: dict[str, tuple[np.ndarray, np.ndarray]], samples: dic
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tile_images(images: np.ndarray, columns: int, padding: int = 1) -> np.ndarray:
@@ -165,7 +158,7 @@ def plot_image_grid(images: np.ndarray, columns: int, path: Path, title: str = "
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_histograms(scores: dict[str, np.ndarray], path: Path, title: str = "") -> Path:
@@ -189,7 +182,7 @@ def plot_score_histograms(scores: dict[str, np.ndarray], path: Path, title: str 
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path, title: str = "") -> Path:
@@ -206,4 +199,4 @@ def plot_roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], pat
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -40,7 +40,8 @@ from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
 from .models import build_models
 from .rollback import StepSnapshot
-from .rundir import RunDir, atomic_write_text
+from .files import atomic_write_text
+from .rundir import RunDir
 
 
 class TrainingInterrupted(Exception):

@@ -29,10 +29,13 @@ from .data.translation import load_translation_set
 from .errors import CorruptCheckpoint, UserError, warn
 from .evaluation import eval_mode
 from .pictures import load_trained
-from .plots import _save, tile_images  # importing plots selects the file-only Agg backend
+from .files import save_figure
+from .plots import tile_images  # importing plots selects the file-only Agg backend
 from .models import build_models
 from .objectives import kl_to_standard_normal
-from .rundir import RunDir, atomic_write_text, load_checkpoint
+from .checkpoint import load_checkpoint
+from .files import atomic_write_text
+from .rundir import RunDir
 
 CHUNK = 256  # images per forward pass
 
@@ -233,7 +236,7 @@ def plot_transfer_matrix(panels: dict[str, np.ndarray], path: Path, title: str) 
         ax.set_title(name, fontsize=8)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass
@@ -358,7 +361,7 @@ def plot_transfer_curve(result: dict, path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 __all__ = [

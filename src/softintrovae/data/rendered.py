@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..rundir import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 NUM_CLASSES = 120  # object identities
 TEST_CLASSES = 20  # the last ones, held out (Cars3D: 163 train / 20 test)

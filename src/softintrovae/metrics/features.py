@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..rundir import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 
 FEATURE_NETS_ENV = "SOFTINTROVAE_FEATURE_NETS"
 DEFAULT_FEATURE_NETS_DIR = Path("~/.cache/softintrovae/feature-nets")

@@ -23,7 +23,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ..errors import UserError
-from ..rundir import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .features import FeatureExtractor
 
 DEFAULT_CACHE_DIR = Path("~/.cache/softintrovae/real-features")
