@@ -17,7 +17,8 @@ from softintrovae.data.translation import load_cars3d, load_kth, load_translatio
 from softintrovae.errors import UserError
 from softintrovae.methods import VAE, SoftIntroVAE, latent_betas
 from softintrovae.models import build_models
-from softintrovae.models.translation import AdaIN, adaptive_instance_norm
+from softintrovae.models.base import Encoder, LatentLayout
+from softintrovae.models.layers import AdaIN, instance_statistics
 from softintrovae.objectives import kl_to_standard_normal
 from softintrovae.rundir import RunDir
 from softintrovae import translation
@@ -57,7 +58,7 @@ def test_paper_sized_model_has_the_layers_of_section_9_3():
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in (*encoder.modules(), *decoder.modules()))
     x = torch.rand(2, 3, 64, 64)
     mu, logvar = encoder(x)
-    assert mu.shape == logvar.shape == (2, 384) and encoder.latent_sizes == (128, 256)
+    assert mu.shape == logvar.shape == (2, 384) and encoder.latents.sizes == (128, 256)
     assert decoder(mu).shape == (2, 3, 64, 64)
 
 
@@ -85,25 +86,42 @@ def test_unsupported_settings_are_one_line_errors():
 # ---- AdaIN ----------------------------------------------------------------------------------------
 
 
-def test_adain_output_has_the_styles_per_channel_mean_and_std():
+def test_instance_statistics_normalise_each_channel_of_each_sample():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 9, 9, generator=generator) * 4 + 2
-    mean, std = torch.randn(3, 5, generator=generator), torch.rand(3, 5, generator=generator) + 0.2
-    y = adaptive_instance_norm(x, mean, std, eps=0.0)
-    torch.testing.assert_close(y.mean(dim=(2, 3)), mean, atol=1e-5, rtol=0)
-    torch.testing.assert_close(y.std(dim=(2, 3), unbiased=False), std, atol=1e-5, rtol=0)
-    style_image = torch.randn(3, 5, 6, 6, generator=generator)  # the classic form: another image's statistics
-    z = adaptive_instance_norm(x, style_image.mean((2, 3)), style_image.std((2, 3), unbiased=False), eps=0.0)
-    torch.testing.assert_close(z.std((2, 3), unbiased=False), style_image.std((2, 3), unbiased=False), atol=1e-5, rtol=0)
+    normalised, mean, std = instance_statistics(x, eps=0.0)
+    torch.testing.assert_close(mean, x.mean((2, 3)))
+    torch.testing.assert_close(std, x.std((2, 3), unbiased=False))
+    torch.testing.assert_close(normalised.mean((2, 3)), torch.zeros(3, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalised.std((2, 3), unbiased=False), torch.ones(3, 5), atol=1e-5, rtol=0)
 
 
 def test_adain_layer_takes_its_statistics_from_the_style_vector():
-    layer = AdaIN(style_dim=4, channels=6)
+    layer = AdaIN(channels=6, style_dim=4)
     style = torch.randn(2, 4)
-    mean, std = layer.statistics(style)
+    scale, shift = layer.style(style).chunk(2, dim=1)
     out = layer(torch.randn(2, 6, 5, 5) * 3, style)
-    torch.testing.assert_close(out.mean((2, 3)), mean, atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.std((2, 3), unbiased=False).abs(), std.abs(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.mean((2, 3)), shift, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std((2, 3), unbiased=False), scale.abs(), atol=1e-3, rtol=0)
+    fresh = AdaIN(channels=6, style_dim=4)  # a fresh layer's scale starts around 1, its shift around 0
+    assert bool((fresh.style.bias[:6] > 0.5).all()) and bool((fresh.style.bias[6:].abs() < 0.5).all())
+
+
+def test_a_translation_checkpoint_from_before_the_shared_adain_still_loads_and_computes_the_same():
+    _, decoder = tiny_model()
+    decoder.eval()
+    z = torch.randn(3, decoder.z_dim)
+    expected = decoder(z)
+    old = {}  # the former layout: norms.i.affine with rows [mean; std - 1]
+    for key, value in decoder.state_dict().items():
+        if ".style." in key:
+            std, mean = value.chunk(2, dim=0)
+            old[key.replace(".style.", ".affine.")] = torch.cat([mean, std - 1.0 if key.endswith("bias") else std])
+        else:
+            old[key] = value
+    _, fresh = tiny_model()
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.eval()(z), expected)
 
 
 # ---- per-latent KL and gradient routing ----------------------------------------------------------------
@@ -112,11 +130,11 @@ def test_adain_layer_takes_its_statistics_from_the_style_vector():
 def test_each_latents_kl_has_its_own_beta_and_reaches_only_its_own_encoder():
     encoder, decoder = tiny_model()
     config = MethodConfig(beta_kl=0.7, beta_kl_class=0.2, beta_neg=3.0, beta_neg_class=5.0)
-    beta_kl, kl_weights, beta_neg, neg_weights = latent_betas(config, encoder)
+    beta_kl, kl_weights, beta_neg, neg_weights = latent_betas(config, encoder.latents)
     assert beta_kl == beta_neg == 1.0
     torch.testing.assert_close(kl_weights, torch.tensor([0.7] * 3 + [0.2] * 5))
     torch.testing.assert_close(neg_weights, torch.tensor([3.0] * 3 + [5.0] * 5))
-    assert latent_betas(config, nn.Linear(2, 2)) == (0.7, None, 3.0, None)  # one latent: the plain scalars
+    assert latent_betas(config, LatentLayout.single(2)) == (0.7, None, 3.0, None)  # one latent: the plain scalars
 
     mu, logvar = encoder(torch.rand(4, 3, 16, 16))
     weighted = kl_to_standard_normal(mu, logvar, weights=kl_weights)
@@ -197,16 +215,14 @@ def test_cars3d_and_kth_from_user_files(tmp_path):
 # ---- content transfer ---------------------------------------------------------------------------------------
 
 
-class OracleEncoder(nn.Module):
+class OracleEncoder(Encoder):
     """Looks each image up in the set: content latent = its pose id, class latent = its class id."""
 
-    latent_names, latent_sizes = ("content", "class"), (1, 1)
-
     def __init__(self, data):
-        super().__init__()
+        super().__init__(LatentLayout(("content", "class"), (1, 1)))
         self.data, self.dummy = data, nn.Parameter(torch.zeros(()))
 
-    def forward(self, x):
+    def forward(self, x, labels=None):
         flat = self.data.images.float().div(255).flatten(1)
         index = torch.cdist(x.flatten(1), flat).argmin(1)
         mu = torch.stack([self.data.poses[index], self.data.classes[index]], 1).float()
@@ -246,14 +262,12 @@ def test_transfer_takes_class_from_a_and_content_from_b(small_benchmark):
 
 
 def test_latent_usage_tells_an_informative_latent_from_a_shifted_one():
-    class Encoder(nn.Module):
-        latent_names, latent_sizes = ("content", "class"), (3, 2)
-
+    class ShiftedEncoder(Encoder):
         def __init__(self):
-            super().__init__()
+            super().__init__(LatentLayout(("content", "class"), (3, 2)))
             self.weight = nn.Parameter(torch.ones(()))
 
-        def forward(self, x):  # content: the same shift (2, 0, 0) for every image; class: x's first pixel, then 0
+        def forward(self, x, labels=None):  # content: the same shift (2, 0, 0) for every image; class: x's first pixel, then 0
             n = len(x)
             content = torch.tensor([2.0, 0.0, 0.0]).expand(n, 3)
             class_ = torch.stack([x[:, 0, 0, 0] * self.weight, torch.zeros(n)], 1)
@@ -261,7 +275,7 @@ def test_latent_usage_tells_an_informative_latent_from_a_shifted_one():
 
     x = torch.zeros(1000, 1, 2, 2)
     x[:, 0, 0, 0] = torch.linspace(-2, 2, 1000)
-    usage = translation.latent_usage(Encoder(), x)
+    usage = translation.latent_usage(ShiftedEncoder(), x)
     assert usage["content"] == {"kl": pytest.approx(2.0), "kl_offset": pytest.approx(2.0), "active_units": 0, "dims": 3}
     spread = x[:, 0, 0, 0]
     assert usage["class"]["kl"] == pytest.approx(0.5 * float(spread.pow(2).mean()), rel=1e-5)
@@ -363,7 +377,7 @@ def test_reproduce_trains_with_the_overrides_and_records_them(tmp_path, monkeypa
 # ---- the perceptual reconstruction loss -----------------------------------------------------------------------
 
 
-def test_perceptual_loss_compares_features_and_passes_gradients_to_the_reconstruction(monkeypatch):
+def test_perceptual_loss_compares_features_and_passes_gradients_to_the_reconstruction():
     from softintrovae import objectives
     from softintrovae.perceptual import PerceptualLoss
 
@@ -380,16 +394,15 @@ def test_perceptual_loss_compares_features_and_passes_gradients_to_the_reconstru
     assert x_hat.grad.abs().sum() > 0 and all(p.grad is None for p in loss.parameters())
     assert loss(x[:, :1], x_hat[:, :1]).shape == (2,)  # gray images are repeated to RGB
 
-    monkeypatch.setitem(objectives.CUSTOM_RECONSTRUCTIONS, "perceptual", loss)
-    torch.testing.assert_close(objectives.reconstruction_loss(x, x_hat, "perceptual"), (by_hand * 192).mean())
+    torch.testing.assert_close(objectives.reconstruction_loss(x, x_hat, loss), (by_hand * 192).mean())
+    with pytest.raises(ValueError, match="needs its network"):
+        objectives.reconstruction_loss(x, x_hat, "perceptual")
 
 
-def test_perceptual_loss_of_our_feature_net_trains_a_translation_model(small_benchmark, tmp_path, monkeypatch):
-    from softintrovae import objectives
+def test_perceptual_loss_of_our_feature_net_trains_a_translation_model(small_benchmark, tmp_path):
     from softintrovae.metrics.features import train_feature_net
     from softintrovae.trainer import train
 
-    monkeypatch.setattr(objectives, "CUSTOM_RECONSTRUCTIONS", {})  # leave no registered network behind
     data = load_translation_set(DataConfig(name="rendered-objects", image_size=16), "train")
     net, _ = train_feature_net(data.images, data.classes, tmp_path / "net.pt", epochs=1, progress=False)
     overrides = {

@@ -1,7 +1,9 @@
 """Run configuration: dataclasses validated on construction, presets, and ``key=value`` overrides.
 
 One defaults source (these dataclasses) drives the CLI and the Python API. Presets are YAML data
-under ``softintrovae/presets``; a user config file has the same shape.
+under ``softintrovae/presets``; a user config file has the same shape. The names a config may use
+(datasets, architectures, methods, reconstruction losses) are the keys of the registries of the
+modules that implement them, so validation and implementation cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from typing import Any
 
 import yaml
 
+from .data import DATASETS
 from .errors import UserError
+from .methods import METHODS
+from .models import ARCHITECTURES
+from .objectives import RECONSTRUCTION_KINDS
 
-METHODS = ("vae", "introvae", "soft-introvae")
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 ON_NONFINITE = ("stop", "skip")
 
@@ -49,8 +54,6 @@ class DataConfig:
     pad_to: int = 0  # > 0: zero-pad images centred to pad_to x pad_to (e.g. 28x28 Fashion-MNIST to 32x32)
 
     def __post_init__(self) -> None:
-        from .data import DATASETS
-
         _check_choice("data.name", self.name, tuple(DATASETS))
         _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
@@ -71,8 +74,6 @@ class ModelConfig:
     class_z_dim: int = 256  # translation: the class latent (model.z_dim is the content latent)
 
     def __post_init__(self) -> None:
-        from .models import ARCHITECTURES
-
         _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
         _check(0.0 <= self.style_mixing <= 1.0, f"model.style_mixing must be in [0, 1], got {self.style_mixing}")
         for name in ("z_dim", "hidden_dim", "hidden_layers", "mapping_layers", "class_z_dim"):
@@ -103,9 +104,7 @@ class MethodConfig:
     perceptual_net: str | None = None  # reconstruction perceptual: vgg16, vgg16:PATH or a feature net file
 
     def __post_init__(self) -> None:
-        from .objectives import RECONSTRUCTION_KINDS
-
-        _check_choice("method.name", self.name, METHODS)
+        _check_choice("method.name", self.name, tuple(METHODS))
         _check_choice("method.reconstruction", self.reconstruction, RECONSTRUCTION_KINDS)
         _check_non_negative(
             self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps", "vae_warmup_epochs")

@@ -16,7 +16,7 @@ from .config import Config
 from .data import HAS_TEST_SPLIT, ImageStream, Toy2DStream, load_images
 from .metrics import deterministic_negative_elbo, grid_normalized_elbo, histogram_metrics, square_grid
 from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_net
-from .models import class_labels, forward, num_classes_of
+from .models import Decoder, class_labels, forward, num_classes_of
 from .objectives import kl_to_standard_normal, reconstruction_loss
 from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
 from .files import atomic_write_bytes
@@ -58,7 +58,7 @@ class Toy2DEvaluator:
         noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
         with eval_mode(encoder, decoder):
             real = self.data.sample(cfg.num_samples, data_gen)
-            z = torch.randn(cfg.num_samples, self.config.model.z_dim, generator=noise_gen).to(device)
+            z = torch.randn(cfg.num_samples, decoder.z_dim, generator=noise_gen).to(device)
             generated = decoder(z).float().cpu()
             metrics = histogram_metrics(real.numpy(), generated.numpy(), limit, cfg.bins)
             name = self.config.name
@@ -141,7 +141,7 @@ class ImageEvaluator:
 
     def __call__(self, encoder: nn.Module, decoder: nn.Module, out_dir: Path, step: int, final: bool) -> dict[str, float]:
         device = next(decoder.parameters()).device
-        z_dim, num_classes = getattr(decoder, "z_dim", self.config.model.z_dim), num_classes_of(decoder)
+        z_dim, num_classes = decoder.z_dim, num_classes_of(decoder)
         images, labels = self.held_out()
         image_chunks = images.split(self.CHUNK)
         label_chunks = labels.split(self.CHUNK) if num_classes else [None] * len(image_chunks)
@@ -167,16 +167,18 @@ class ImageEvaluator:
         title = f"{self.config.name}, step {step}"
         plot_image_grid(pairs.numpy(), 8, paths[0], f"{title}: real | reconstruction, rec_mse {metrics['rec_mse']:.4g}")
         plot_image_grid(samples.numpy(), 8, paths[1], f"{title}: samples")
-        if hasattr(decoder, "multiresolution"):  # a progressively grown decoder: how its samples build up
-            path = out_dir / "multires.png" if final else out_dir / "plots" / f"multires_step{step:07d}.png"
-            self.plot_multiresolution(decoder, z[:8].to(device), path, title)
+        path = out_dir / "multires.png" if final else out_dir / "plots" / f"multires_step{step:07d}.png"
+        self.plot_multiresolution(decoder, z[:8].to(device), path, title)  # a progressively grown decoder only
         return metrics
 
     @staticmethod
-    def plot_multiresolution(decoder: nn.Module, z: torch.Tensor, path: Path, title: str) -> Path:
-        """One row per level 4x4 .. current (each through its own to-RGB layer), one column per sample."""
+    def plot_multiresolution(decoder: Decoder, z: torch.Tensor, path: Path, title: str) -> Path | None:
+        """One row per level 4x4 .. current (each through its own to-RGB layer), one column per sample;
+        nothing for a decoder that does not grow."""
         with eval_mode(decoder):
             rows = decoder.multiresolution(z)
+        if rows is None:
+            return None
         level, alpha = decoder.progress
         grid = torch.stack(rows).flatten(0, 1).float().clamp(0, 1).cpu().numpy()
         sizes = " | ".join(f"{4 * 2**i}" for i in range(len(rows)))
@@ -202,7 +204,7 @@ class ImageEvaluator:
         from .metrics.fid import compute_fid_kid, generate_images, metric_name  # torchmetrics: seconds to import
 
         labels = class_labels(n, num_classes_of(decoder))
-        fake = generate_images(decoder, n, getattr(decoder, "z_dim", self.config.model.z_dim), seed=self.config.eval.seed + 2, device=device, labels=labels)
+        fake = generate_images(decoder, n, decoder.z_dim, seed=self.config.eval.seed + 2, device=device, labels=labels)
         result = compute_fid_kid(self.data.images, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
         fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
         return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import UserError
+from .models.style import Progressive
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,16 @@ def images_at_level(x: Tensor, resolution: int, alpha: float) -> Tensor:
 class ProgressiveStream:
     """An :class:`~softintrovae.data.ImageStream` served level by level: the batch of step k has the
     level's batch size and resolution and continues the epochs' permutations where step k−1 ended
-    (process ``rank`` takes its own slice). Everything else is the wrapped stream's."""
+    (process ``rank`` takes its own slice). Evaluation samples the wrapped stream (``source``)."""
 
     def __init__(self, stream, schedule: GrowthSchedule):
         self.stream, self.schedule = stream, schedule
+        self.input_shape, self.num_classes = stream.input_shape, stream.num_classes
+        self.steps_per_epoch = stream.steps_per_epoch
 
-    def __getattr__(self, name: str):
-        return getattr(self.stream, name)
+    @property
+    def source(self):
+        return self.stream
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -187,7 +191,7 @@ class EMA:
             ema_param.lerp_(param, weight)
         for ema_buffer, buffer in zip(self.module.buffers(), module.buffers()):
             ema_buffer.copy_(buffer)
-        if hasattr(module, "progress"):
+        if isinstance(module, Progressive):
             self.module.set_progress(*module.progress)
 
 

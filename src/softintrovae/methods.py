@@ -18,8 +18,9 @@ What the optimized step shares (it gives the pass-by-pass reference's losses and
 - The logged losses are the ones the update computed; no pass runs only for logging.
 
 A model with several latents (the translation model's content and class latents) says so through
-its encoder's ``latent_names`` and ``latent_sizes``; each latent's KL then gets its own β_kl and β_neg
-(:func:`latent_betas`), carried as per-dimension KL weights, and its KL is logged as ``kl_<name>``.
+its encoder's :class:`~softintrovae.models.base.LatentLayout`; each latent's KL then gets its own β_kl
+and β_neg (:func:`latent_betas`), carried as per-dimension KL weights, and its KL is logged as
+``kl_<name>``. The β's a step uses are read from one place, :meth:`Method.set_config`.
 
 Class-conditional networks take the batch's labels as a second argument; every call of a step
 passes them (negatives keep the class of the real image they came from). Backward and optimizer
@@ -32,14 +33,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .config import MethodConfig
-from .models import forward
+from .models.base import LatentLayout, decode_prior, forward, latents_of
 from .objectives import (
+    Reconstruction,
     expected_exp_elbo,
     introvae_decoder_loss,
     introvae_encoder_loss,
@@ -51,6 +53,9 @@ from .objectives import (
     soft_introvae_encoder_loss,
     vae_loss,
 )
+
+if TYPE_CHECKING:  # the config module validates method names against METHODS below
+    from .config import MethodConfig
 
 Losses = dict[str, Tensor]
 
@@ -67,18 +72,16 @@ def _means_per_kind(per_sample: Tensor) -> list[Tensor]:
     return [half.mean() for half in per_sample.chunk(2)]
 
 
-def latent_betas(config: MethodConfig, encoder: nn.Module) -> tuple[float, Tensor | None, float, Tensor | None]:
-    """(β_kl, KL weights, β_neg, KL weights of the negatives) for ``encoder``'s latents.
+def latent_betas(config: MethodConfig, latents: LatentLayout) -> tuple[float, Tensor | None, float, Tensor | None]:
+    """(β_kl, KL weights, β_neg, KL weights of the negatives) for a model's latents.
 
     One latent: the config's scalars and no weights, so the losses are computed exactly as always.
-    Several latents (``encoder.latent_names``/``latent_sizes``): each dimension's KL is weighed by its
-    latent's β (``beta_kl_class``/``beta_neg_class`` for the latent named ``class``, ``beta_kl``/``beta_neg``
-    for the others), and the scalar β's are 1.
+    Several latents: each dimension's KL is weighed by its latent's β (``beta_kl_class``/``beta_neg_class``
+    for the latent named ``class``, ``beta_kl``/``beta_neg`` for the others), and the scalar β's are 1.
     """
-    sizes = getattr(encoder, "latent_sizes", None)
-    if sizes is None or len(sizes) < 2:
+    if not latents.grouped:
         return config.beta_kl, None, config.beta_neg, None
-    names = encoder.latent_names
+    names, sizes = latents.names, latents.sizes
 
     def weights(default: float, for_class: float | None) -> Tensor:
         betas = [for_class if name == "class" and for_class is not None else default for name in names]
@@ -217,13 +220,19 @@ class Method:
         optimizer_decoder: torch.optim.Optimizer,
         config: MethodConfig,
         scale: float,
-        z_dim: int,
+        z_dim: int | None = None,
         autocast: Callable[[], AbstractContextManager] = nullcontext,
         stepper: Stepper | None = None,
+        reconstruction: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
+        """``z_dim`` is needed only for networks that do not declare their latents (see
+        :mod:`softintrovae.models.base`); ``reconstruction`` is the per-sample loss function of
+        ``method.reconstruction: perceptual`` (see :mod:`softintrovae.perceptual`)."""
         self.encoder, self.decoder = encoder, decoder
         self.optimizer_encoder, self.optimizer_decoder = optimizer_encoder, optimizer_decoder
-        self.scale, self.z_dim = scale, z_dim
+        self.latents = latents_of(encoder, z_dim)
+        self.scale, self.z_dim = scale, self.latents.z_dim
+        self.perceptual = reconstruction
         self.autocast = autocast
         self.stepper = stepper or Stepper()
         self.labels: Tensor | None = None  # the current batch's class labels (conditional networks)
@@ -235,9 +244,13 @@ class Method:
         self.set_config(config)
 
     def set_config(self, config: MethodConfig) -> None:
-        """Take new settings (between steps: progressive growing changes β_neg by level)."""
+        """Take new settings (between steps: progressive growing changes β_neg by level). The steps
+        read β_kl and β_neg (and their per-dimension weights) from here, never from the config."""
+        if config.reconstruction == "perceptual" and self.perceptual is None:
+            raise ValueError("method.reconstruction perceptual needs its loss function: pass reconstruction=...")
         self.config = config
-        self.beta_kl, self.kl_weights, self.beta_neg, self.neg_weights = latent_betas(config, self.encoder)
+        self.reconstruction: Reconstruction = self.perceptual if config.reconstruction == "perceptual" else config.reconstruction
+        self.beta_kl, self.kl_weights, self.beta_neg, self.neg_weights = latent_betas(config, self.latents)
         if self.kl_weights is not None:
             device = next(self.encoder.parameters()).device
             self.kl_weights, self.neg_weights = self.kl_weights.to(device), self.neg_weights.to(device)
@@ -246,7 +259,7 @@ class Method:
         """``kl_<name>``: the batch-mean KL of each latent of a several-latent model (unweighted); {} otherwise."""
         if self.kl_weights is None:
             return {}
-        parts = zip(self.encoder.latent_names, mu.split(self.encoder.latent_sizes, 1), logvar.split(self.encoder.latent_sizes, 1))
+        parts = zip(self.latents.names, self.latents.split(mu), self.latents.split(logvar))
         return {f"kl_{name}": kl_to_standard_normal(m, lv).detach() for name, m, lv in parts}
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -257,8 +270,8 @@ class Method:
         return forward(self.decoder, z, self.labels)
 
     def decode_prior(self, z: Tensor) -> Tensor:
-        """D(z_p) for prior samples; a decoder with a ``prior`` method (style mixing) draws them with it."""
-        return forward(getattr(self.decoder, "prior", self.decoder), z, self.labels)
+        """D(z_p) for prior samples (a style-based decoder mixes styles here)."""
+        return decode_prior(self.decoder, z, self.labels)
 
     def encode_per_kind(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """μ, log σ² of a (2B, ...) batch [reconstructions; prior samples] (see :func:`per_kind`)."""
@@ -290,7 +303,7 @@ class Method:
         with self.autocast():
             mu, logvar = self.encode(x)
             x_r = self.decode(reparameterize(mu, logvar))
-        rec = reconstruction_loss(x, x_r, cfg.reconstruction)
+        rec = reconstruction_loss(x, x_r, self.reconstruction)
         kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
         loss = vae_loss(rec, kl, cfg.beta_rec, self.beta_kl)
         both = [self.optimizer_encoder, self.optimizer_decoder]
@@ -345,13 +358,13 @@ class SoftIntroVAE(IntrospectiveMethod):
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)  # decoded: [x_r; x_f]
             mu_n, logvar_n = self.encode_per_kind(decoded.detach())
             decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
-        rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
+        rec = reconstruction_loss(x, decoded[: x.shape[0]], self.reconstruction)
         kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
         # The official image trainer leaves the target x_r attached, so encoder gradient also flows
         # through x_r = D(z) into z; detach_negative_target=True is the official 3D trainer's choice.
         target = decoded.detach() if cfg.detach_negative_target else decoded
         neg_elbo = negative_elbo(
-            target, decoded_n, mu_n, logvar_n, cfg.beta_rec, self.beta_neg, cfg.reconstruction, kl_weights=self.neg_weights
+            target, decoded_n, mu_n, logvar_n, cfg.beta_rec, self.beta_neg, self.reconstruction, kl_weights=self.neg_weights
         )
         neg_elbo_rec, neg_elbo_fake = neg_elbo.chunk(2)
         loss = soft_introvae_encoder_loss(
@@ -374,7 +387,7 @@ class SoftIntroVAE(IntrospectiveMethod):
             mu_n, logvar_n = self.encode_per_kind(result.decoded)  # the updated encoder
             decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n).detach())
         kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.kl_weights))
-        rec_n = reconstruction_loss(result.decoded.detach(), decoded_n, cfg.reconstruction, reduction="none")
+        rec_n = reconstruction_loss(result.decoded.detach(), decoded_n, self.reconstruction, reduction="none")
         loss = soft_introvae_decoder_loss(
             result.rec,
             [kl_rec, kl_fake],
@@ -389,7 +402,9 @@ class SoftIntroVAE(IntrospectiveMethod):
 
 
 class IntroVAE(IntrospectiveMethod):
-    """IntroVAE with a hard margin m (Appendix 9.1.1); negatives as in Soft-IntroVAE (x_r and x_f)."""
+    """IntroVAE with a hard margin m (Appendix 9.1.1); negatives as in Soft-IntroVAE (x_r and x_f).
+
+    With several latents the negatives' KL weighs each latent by its β_neg, inside the hinge."""
 
     name = "introvae"
 
@@ -398,11 +413,11 @@ class IntroVAE(IntrospectiveMethod):
         with self.autocast():
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)
             mu_n, logvar_n = self.encode_per_kind(decoded.detach())
-        rec = reconstruction_loss(x, decoded[: x.shape[0]], cfg.reconstruction)
+        rec = reconstruction_loss(x, decoded[: x.shape[0]], self.reconstruction)
         kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
-        kl_negatives = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
+        kl_negatives = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.neg_weights))
         loss = introvae_encoder_loss(
-            rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, beta_neg=cfg.beta_neg, margin=cfg.margin
+            rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, beta_neg=self.beta_neg, margin=cfg.margin
         )
         self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
         return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl, **self.kl_per_latent(mu, logvar)})
@@ -411,8 +426,8 @@ class IntroVAE(IntrospectiveMethod):
         cfg = self.config
         with self.autocast():
             mu_n, logvar_n = self.encode_per_kind(result.decoded)
-        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none"))
-        loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=cfg.beta_neg)
+        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.neg_weights))
+        loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=self.beta_neg)
         self.stepper.update([self.optimizer_decoder], loss, self.decoder_params, name="loss_decoder")
         return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
 
@@ -426,10 +441,12 @@ def build_method(
     decoder: nn.Module,
     optimizers,
     scale: float,
-    z_dim: int,
+    z_dim: int | None = None,
     autocast=nullcontext,
     stepper: Stepper | None = None,
+    reconstruction: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Method:
     """The method named by ``config.name`` around the given networks and (encoder, decoder) optimizers."""
     optimizer_encoder, optimizer_decoder = optimizers
-    return METHODS[config.name](encoder, decoder, optimizer_encoder, optimizer_decoder, config, scale, z_dim, autocast, stepper)
+    method = METHODS[config.name]
+    return method(encoder, decoder, optimizer_encoder, optimizer_decoder, config, scale, z_dim, autocast, stepper, reconstruction)

@@ -16,13 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 RECONSTRUCTION_KINDS = ("mse", "bce", "perceptual")
-# kind -> per-sample loss (x, x̂) → (B,) for losses that need a network (see softintrovae.perceptual)
-CUSTOM_RECONSTRUCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
-
-
-def register_reconstruction(kind: str, loss: Callable[[Tensor, Tensor], Tensor]) -> None:
-    """Make ``reconstruction_loss(x, x̂, kind)`` use ``loss(x, x̂)``, a per-sample (B,) error (e.g. perceptual)."""
-    CUSTOM_RECONSTRUCTIONS[kind] = loss
+# A reconstruction error is one of the kinds by name, or a function (x, x̂) → (B,) per-sample error
+# for the kinds that need a network (``perceptual``: see softintrovae.perceptual), passed in by the caller.
+Reconstruction = str | Callable[[Tensor, Tensor], Tensor]
 
 
 def full_precision(t: Tensor) -> Tensor:
@@ -47,22 +43,22 @@ def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Ten
     return mu + eps * torch.exp(0.5 * logvar)
 
 
-def reconstruction_loss(x: Tensor, x_hat: Tensor, kind: str = "mse", reduction: str = "mean") -> Tensor:
+def reconstruction_loss(x: Tensor, x_hat: Tensor, kind: Reconstruction = "mse", reduction: str = "mean") -> Tensor:
     """Reconstruction error summed over all non-batch dimensions.
 
     ``mse``: squared error (a Gaussian decoder up to constants); ``bce``: binary cross-entropy,
-    with ``x_hat`` a probability in [0, 1]; any other kind: the loss registered for it with
-    :func:`register_reconstruction` (``perceptual``). Computed in fp32 whatever the autocast dtype.
+    with ``x_hat`` a probability in [0, 1]; a function: its per-sample error ``kind(x, x_hat)`` (the
+    perceptual loss). Computed in fp32 whatever the autocast dtype.
     """
-    if kind in CUSTOM_RECONSTRUCTIONS:
-        return _reduce(full_precision(CUSTOM_RECONSTRUCTIONS[kind](full_precision(x), full_precision(x_hat))), reduction)
+    if callable(kind):
+        return _reduce(full_precision(kind(full_precision(x), full_precision(x_hat))), reduction)
     x, x_hat = full_precision(x.flatten(1)), full_precision(x_hat.flatten(1))
     if kind == "mse":
         per_sample = F.mse_loss(x_hat, x, reduction="none").sum(1)
     elif kind == "bce":
         per_sample = F.binary_cross_entropy(x_hat, x, reduction="none").sum(1)
     elif kind == "perceptual":
-        raise ValueError("reconstruction loss 'perceptual' needs its network: register_reconstruction('perceptual', loss) first")
+        raise ValueError("reconstruction loss 'perceptual' needs its network: pass the loss function itself (softintrovae.perceptual)")
     else:
         raise ValueError(f"unknown reconstruction loss {kind!r} (expected one of {RECONSTRUCTION_KINDS})")
     return _reduce(per_sample, reduction)

@@ -39,6 +39,7 @@ from .evaluation import build_evaluator
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
 from .models import build_models
+from .perceptual import build_perceptual_loss
 from .rollback import StepSnapshot
 from .files import atomic_write_text
 from .rundir import RunDir
@@ -78,7 +79,7 @@ def resolve_schedule(config: Config, data, growth: GrowthSchedule | None = None)
         epochs = config.method.vae_warmup_epochs
         warmup = growth.steps_for_images(epochs * len(data)) if epochs else config.method.vae_warmup_steps
         return growth.total_steps, warmup
-    steps_per_epoch = getattr(data, "steps_per_epoch", None)
+    steps_per_epoch = data.steps_per_epoch
     for key, epochs in (("train.epochs", config.train.epochs), ("method.vae_warmup_epochs", config.method.vae_warmup_epochs)):
         if epochs and steps_per_epoch is None:
             raise UserError(f"{key} is {epochs}, but data {config.data.name!r} has no epochs: use step counts instead")
@@ -123,12 +124,10 @@ class Trainer:
         if self.growth is not None:
             self.data = ProgressiveStream(self.data, self.growth)
         self.total_steps, warmup_steps = resolve_schedule(config, self.data, self.growth)
-        encoder, decoder = build_models(config.model, self.data.input_shape, getattr(self.data, "num_classes", 0))
-        if config.method.reconstruction == "perceptual":  # its feature network, frozen, on the training device
-            from .objectives import register_reconstruction
-            from .perceptual import build_perceptual_loss
-
-            register_reconstruction("perceptual", build_perceptual_loss(config.method.perceptual_net).to(self.device))
+        encoder, decoder = build_models(config.model, self.data.input_shape, self.data.num_classes)
+        perceptual = None  # its feature network, frozen, on the training device
+        if config.method.reconstruction == "perceptual":
+            perceptual = build_perceptual_loss(config.method.perceptual_net).to(self.device)
         self.conditional = config.model.conditional
         is_image = len(self.data.input_shape) == 3
         self.memory_format = torch.channels_last if config.train.channels_last and is_image else torch.contiguous_format
@@ -156,13 +155,13 @@ class Trainer:
             self.decoder,
             self.optimizers,
             scale,
-            getattr(self.decoder, "z_dim", config.model.z_dim),  # a two-latent decoder takes both latents
-            autocast,
-            Stepper(self.scaler, process.distributed),
+            autocast=autocast,
+            stepper=Stepper(self.scaler, process.distributed),
+            reconstruction=perceptual,
         )
         # an EMA copy of the decoder draws the samples and metrics, when asked for
         self.ema = EMA(self.decoder, config.train.ema_half_life) if config.train.ema_half_life else None
-        self.evaluator = build_evaluator(config, getattr(self.data, "stream", self.data))
+        self.evaluator = build_evaluator(config, self.data.source)
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None

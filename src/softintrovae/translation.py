@@ -31,7 +31,7 @@ from .evaluation import eval_mode
 from .pictures import load_trained
 from .files import save_figure
 from .plots import tile_images  # importing plots selects the file-only Agg backend
-from .models import build_models
+from .models import build_models, latents_of
 from .objectives import kl_to_standard_normal
 from .checkpoint import load_checkpoint
 from .files import atomic_write_text
@@ -41,12 +41,12 @@ CHUNK = 256  # images per forward pass
 
 
 def latent_parts(encoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(content μ, class μ) of images x under a two-latent encoder (``latent_names`` content, class)."""
-    names = getattr(encoder, "latent_names", None)
-    if names is None or tuple(names) != ("content", "class"):
+    """(content μ, class μ) of images x under a two-latent encoder (latents named content, class)."""
+    latents = latents_of(encoder)
+    if latents.names != ("content", "class"):
         raise UserError("content transfer needs a translation model (model.arch translation): this run has one latent")
     mu, _ = encoder(x)
-    content, class_ = mu.split(tuple(encoder.latent_sizes), dim=1)
+    content, class_ = latents.split(mu)
     return content, class_
 
 
@@ -94,7 +94,8 @@ def latent_usage(encoder: nn.Module, images: Tensor) -> dict[str, dict[str, floa
             logvars.append(logvar.float().cpu())
     mu, logvar = torch.cat(mus), torch.cat(logvars)
     usage = {}
-    for name, m, lv in zip(encoder.latent_names, mu.split(tuple(encoder.latent_sizes), 1), logvar.split(tuple(encoder.latent_sizes), 1)):
+    latents = latents_of(encoder)
+    for name, m, lv in zip(latents.names, latents.split(mu), latents.split(logvar)):
         usage[name] = {
             "kl": float(kl_to_standard_normal(m, lv)),
             "kl_offset": float(0.5 * m.mean(0).pow(2).sum()),

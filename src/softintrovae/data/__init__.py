@@ -1,12 +1,14 @@
 """Data sources. Every source is a stream of batches that can start at any step (for resuming).
 
 2D toy distributions are generated on the fly (:class:`Toy2DStream`, batches are tensors); image
-datasets are read once into memory (:class:`ImageStream`, batches are ``(x, y)``).
+datasets are read once into memory (:class:`ImageStream`, batches are ``(x, y)``). What the trainer
+needs of a stream is :class:`BatchStream`; :data:`DATASETS` is the registry ``data.name`` is checked against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
@@ -14,6 +16,21 @@ from ..errors import UserError
 from .images import ImageStream, LabelledImages, load_digits_28, load_image_folder, load_mnist_family, load_npz, load_torchvision
 from .toy2d import TOY2D, Toy2DStream
 from .translation import TRANSLATION_DATASETS
+
+
+class BatchStream(Protocol):
+    """What the trainer needs of a data source."""
+
+    input_shape: tuple[int, ...]  # one sample's shape, e.g. (2,) or (C, H, W)
+    num_classes: int  # 0: unlabelled
+    steps_per_epoch: int | None  # None: an endless stream without epochs
+
+    @property
+    def source(self) -> Any:
+        """The stream evaluation draws real samples from (a wrapper's inner stream)."""
+
+    def batches(self, start_step: int = 0) -> Iterator[Any]:
+        """Batch ``start_step``, then the following ones; a batch depends only on (seed, step)."""
 
 
 def _root(data, what: str) -> str:
@@ -76,6 +93,7 @@ def build_data(config, rank: int = 0, world_size: int = 1) -> Toy2DStream | Imag
 
 
 __all__ = [
+    "BatchStream",
     "DATASETS",
     "HAS_TEST_SPLIT",
     "IMAGE_DATASETS",

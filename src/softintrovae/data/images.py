@@ -275,6 +275,11 @@ class ImageStream:
         self.num_classes = 0 if labels is None else int(labels.max()) + 1
         self._epoch, self._permutation = -1, torch.empty(0, dtype=torch.int64)
 
+    @property
+    def source(self) -> "ImageStream":
+        """The stream evaluation samples from (itself)."""
+        return self
+
     def __len__(self) -> int:
         return len(self.images)
 

@@ -82,11 +82,18 @@ class Toy2DStream:
     """
 
     input_shape = (2,)
+    num_classes = 0
+    steps_per_epoch = None  # endless: no epochs
 
     def __init__(self, name: str, batch_size: int, seed: int = 0, rank: int = 0):
         self.name, self.batch_size, self.seed, self.rank = name, batch_size, seed, rank
         self.spec = TOY2D[name]
         self.limit = self.spec.limit
+
+    @property
+    def source(self) -> "Toy2DStream":
+        """The stream evaluation samples from (itself)."""
+        return self
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         return self.spec.sample(n, generator)

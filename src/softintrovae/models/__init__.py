@@ -1,20 +1,22 @@
-"""Encoder/decoder architectures. An encoder maps x to (μ, log σ²); a decoder maps z to x̂."""
+"""Encoder/decoder architectures. An encoder maps x to (μ, log σ²); a decoder maps z to x̂.
+
+Every architecture builds an (:class:`Encoder`, :class:`Decoder`) pair (the contract is in
+:mod:`softintrovae.models.base`); :data:`ARCHITECTURES` is the registry ``model.arch`` is checked against.
+"""
 
 from __future__ import annotations
 
 import math
 
-import torch
-from torch import Tensor, nn
-
 from ..errors import UserError
+from .base import Decoder, Encoder, LatentLayout, class_labels, decode_prior, forward, latents_of, num_classes_of
 from .mlp import MLPDecoder, MLPEncoder
 from .resnet import ResidualDecoder, ResidualEncoder, build_resnet
 from .style import StyleDecoder, StyleEncoder, build_style
 from .translation import TranslationDecoder, TranslationEncoder, build_translation
 
 
-def _build_mlp(model_config, input_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+def _build_mlp(model_config, input_shape: tuple[int, ...], num_classes: int = 0) -> tuple[MLPEncoder, MLPDecoder]:
     if num_classes:
         raise UserError("model.conditional needs model.arch resnet; the mlp has no class input")
     if len(input_shape) != 1:
@@ -32,7 +34,7 @@ def _build_mlp(model_config, input_shape: tuple[int, ...], num_classes: int = 0)
 ARCHITECTURES = {"mlp": _build_mlp, "resnet": build_resnet, "style": build_style, "translation": build_translation}
 
 
-def build_models(model_config, input_shape: tuple[int, ...], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+def build_models(model_config, input_shape: tuple[int, ...], num_classes: int = 0) -> tuple[Encoder, Decoder]:
     """(encoder, decoder) for ``model_config.arch`` and data of ``input_shape`` (no batch dim).
 
     With ``model_config.conditional`` the networks take a class label as well; ``num_classes`` is
@@ -45,19 +47,24 @@ def build_models(model_config, input_shape: tuple[int, ...], num_classes: int = 
     return ARCHITECTURES[model_config.arch](model_config, input_shape, num_classes)
 
 
-def forward(network: nn.Module, inputs: Tensor, labels: Tensor | None = None):
-    """network(inputs), or network(inputs, labels) for a class-conditional network."""
-    return network(inputs) if labels is None else network(inputs, labels)
 
-
-def class_labels(n: int, num_classes: int) -> Tensor | None:
-    """Labels 0, 1, ..., K−1, 0, 1, ... for n generated images of a conditional model; None when K is 0."""
-    return torch.arange(n) % num_classes if num_classes else None
-
-
-def num_classes_of(network: nn.Module) -> int:
-    """The number of classes a network is conditioned on (0 when it is unconditional)."""
-    return int(getattr(network, "num_classes", 0))
-
-
-__all__ = ["ARCHITECTURES", "MLPDecoder", "MLPEncoder", "ResidualDecoder", "ResidualEncoder", "StyleDecoder", "StyleEncoder", "TranslationDecoder", "TranslationEncoder", "build_models", "class_labels", "forward", "num_classes_of"]
+__all__ = [
+    "ARCHITECTURES",
+    "Decoder",
+    "Encoder",
+    "LatentLayout",
+    "MLPDecoder",
+    "MLPEncoder",
+    "ResidualDecoder",
+    "ResidualEncoder",
+    "StyleDecoder",
+    "StyleEncoder",
+    "TranslationDecoder",
+    "TranslationEncoder",
+    "build_models",
+    "class_labels",
+    "decode_prior",
+    "forward",
+    "latents_of",
+    "num_classes_of",
+]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .base import Decoder, Encoder
+
 
 def _mlp(in_dim: int, hidden_dim: int, hidden_layers: int, out_dim: int) -> nn.Sequential:
     layers: list[nn.Module] = []
@@ -15,26 +17,24 @@ def _mlp(in_dim: int, hidden_dim: int, hidden_layers: int, out_dim: int) -> nn.S
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Encoder):
     """x (B, data_dim) → (μ, log σ²), each (B, z_dim)."""
 
     def __init__(self, data_dim: int = 2, z_dim: int = 2, hidden_dim: int = 256, hidden_layers: int = 4):
-        super().__init__()
-        self.z_dim = z_dim
+        super().__init__(z_dim)
         self.net = _mlp(data_dim, hidden_dim, hidden_layers, 2 * z_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, logvar = self.net(x).chunk(2, dim=1)
         return mu, logvar
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(Decoder):
     """z (B, z_dim) → x̂ (B, data_dim), no output activation."""
 
     def __init__(self, data_dim: int = 2, z_dim: int = 2, hidden_dim: int = 256, hidden_layers: int = 4):
-        super().__init__()
-        self.z_dim = z_dim
+        super().__init__(z_dim)
         self.net = _mlp(z_dim, hidden_dim, hidden_layers, data_dim)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.net(z)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .base import Decoder, Encoder
 
 
 def spatial_size_after_encoder(image_shape: Sequence[int], channels: Sequence[int]) -> int:
@@ -72,7 +73,7 @@ class ResidualBlock(nn.Module):
         return self.activation(self.main(x) + self.identity(x))
 
 
-class ResidualEncoder(nn.Module):
+class ResidualEncoder(Encoder):
     """x (B, C, H, W) [, y (B,) int64] → (μ, log σ²), each (B, z_dim)."""
 
     def __init__(
@@ -82,8 +83,7 @@ class ResidualEncoder(nn.Module):
         z_dim: int = 128,
         num_classes: int = 0,
     ):
-        super().__init__()
-        self.z_dim, self.num_classes = z_dim, num_classes
+        super().__init__(z_dim, num_classes)
         size = spatial_size_after_encoder(image_shape, channels)
         layers: list[nn.Module] = [
             nn.Conv2d(image_shape[0], channels[0], 5, padding=2, bias=False),
@@ -106,7 +106,7 @@ class ResidualEncoder(nn.Module):
         return mu, logvar
 
 
-class ResidualDecoder(nn.Module):
+class ResidualDecoder(Decoder):
     """z (B, z_dim) [, y (B,) int64] → x̂ (B, C, H, W), no output activation."""
 
     def __init__(
@@ -116,8 +116,7 @@ class ResidualDecoder(nn.Module):
         z_dim: int = 128,
         num_classes: int = 0,
     ):
-        super().__init__()
-        self.z_dim, self.num_classes = z_dim, num_classes
+        super().__init__(z_dim, num_classes)
         size = spatial_size_after_encoder(image_shape, channels)
         self.start_shape = (channels[-1], size, size)  # the encoder's last feature map
         self.project = nn.Sequential(
@@ -139,7 +138,7 @@ class ResidualDecoder(nn.Module):
         return self.body(self.project(z).view(-1, *self.start_shape))
 
 
-def build_resnet(model_config, input_shape: Sequence[int], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+def build_resnet(model_config, input_shape: Sequence[int], num_classes: int = 0) -> tuple[ResidualEncoder, ResidualDecoder]:
     """(encoder, decoder) from ``model_config.z_dim`` and ``model_config.channels``."""
     channels = tuple(int(width) for width in model_config.channels)
     kwargs = dict(image_shape=tuple(input_shape), channels=channels, z_dim=model_config.z_dim, num_classes=num_classes)

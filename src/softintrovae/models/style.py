@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .base import Decoder, Encoder
+from .layers import AdaIN, instance_statistics
 
 LEAKY = 0.2
 GAIN = math.sqrt(2.0)  # He gain for LeakyReLU layers
@@ -86,13 +88,6 @@ class Blur(nn.Module):
         return F.conv2d(x, self.kernel.expand(channels, 1, 3, 3).to(x.dtype), padding=1, groups=channels)
 
 
-def instance_statistics(x: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor, Tensor]:
-    """(x normalised per sample and channel, the per-channel means (B, C), the standard deviations (B, C))."""
-    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
-    std = (var + eps).sqrt()
-    return (x - mean) / std, mean.flatten(1), std.flatten(1)
-
-
 class NoiseInjection(nn.Module):
     """Adds per-pixel N(0, 1) noise scaled by a learned per-channel weight (zero at start); none in eval mode."""
 
@@ -107,18 +102,12 @@ class NoiseInjection(nn.Module):
         return x + self.weight.view(1, -1, 1, 1) * noise
 
 
-class AdaIN(nn.Module):
-    """Adaptive Instance Normalization: normalise each channel, then scale and shift it by the style."""
+EPS = 1e-8  # instance normalisation's, as StyleGAN
 
-    def __init__(self, channels: int, w_dim: int):
-        super().__init__()
-        self.style = EqualLinear(w_dim, 2 * channels, gain=1.0)
-        with torch.no_grad():
-            self.style.bias[:channels] = 1.0  # scale starts at 1, shift at 0
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        scale, shift = self.style(w).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
-        return scale * instance_statistics(x)[0] + shift
+def _style_adain(channels: int, w_dim: int) -> AdaIN:
+    """AdaIN with an equalized affine map of w."""
+    return AdaIN(channels, w_dim, eps=EPS, affine=EqualLinear(w_dim, 2 * channels, gain=1.0))
 
 
 def mapping_network(in_dim: int, hidden: int, out_dim: int, layers: int, lr_mul: float = 1.0) -> nn.Sequential:
@@ -132,11 +121,11 @@ def mapping_network(in_dim: int, hidden: int, out_dim: int, layers: int, lr_mul:
     return nn.Sequential(*modules)
 
 
-class _Progressive(nn.Module):
-    """Level/alpha bookkeeping shared by the encoder and the decoder."""
+class Progressive(nn.Module):
+    """Level/alpha bookkeeping shared by the encoder and the decoder (a mixin of :class:`Encoder` /
+    :class:`Decoder`; call :meth:`init_levels` in ``__init__``)."""
 
-    def __init__(self, channels: list[int]):
-        super().__init__()
+    def init_levels(self, channels: list[int]) -> None:
         self.channels = list(channels)
         self.levels = len(channels)
         self.register_buffer("level", torch.tensor(self.levels - 1))
@@ -183,9 +172,9 @@ class DecoderBlock(nn.Module):
         else:
             self.conv1 = EqualConv2d(in_channels, out_channels, 3)
             self.blur = Blur() if blur else nn.Identity()
-        self.noise1, self.adain1 = NoiseInjection(out_channels), AdaIN(out_channels, w_dim)
+        self.noise1, self.adain1 = NoiseInjection(out_channels), _style_adain(out_channels, w_dim)
         self.conv2 = EqualConv2d(out_channels, out_channels, 3)
-        self.noise2, self.adain2 = NoiseInjection(out_channels), AdaIN(out_channels, w_dim)
+        self.noise2, self.adain2 = NoiseInjection(out_channels), _style_adain(out_channels, w_dim)
 
     def forward(self, x: Tensor | None, w1: Tensor, w2: Tensor) -> Tensor:
         if self.first:
@@ -197,14 +186,15 @@ class DecoderBlock(nn.Module):
         return x
 
 
-class StyleDecoder(_Progressive):
+class StyleDecoder(Progressive, Decoder):
     """z (B, z_dim) → images (B, C, 4·2^level, 4·2^level) in training; full size in eval mode."""
 
     def __init__(
         self, z_dim: int, channels: list[int], image_channels: int, mapping_layers: int = 8, style_mixing: float = 0.9, blur: bool = True
     ):
-        super().__init__(channels)
-        self.z_dim, self.image_channels, self.style_mixing = z_dim, image_channels, style_mixing
+        super().__init__(z_dim)
+        self.init_levels(channels)
+        self.image_channels, self.style_mixing = image_channels, style_mixing
         self.image_size = self.resolution(self.levels - 1)
         # z -> w: 8 layers in the paper, a 0.1 learning-rate multiplier as in ALAE's mapping
         self.mapping = mapping_network(z_dim, z_dim, z_dim, mapping_layers, lr_mul=0.1)
@@ -252,10 +242,10 @@ class StyleDecoder(_Progressive):
             out = F.interpolate(out, size=(self.image_size, self.image_size), mode="nearest")
         return out
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.synthesize(self.styles(z))
 
-    def prior(self, z: Tensor) -> Tensor:
+    def prior(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         """D(z_p) for prior samples: like ``forward``, with style mixing in training."""
         return self.synthesize(self.mixed_styles(z))
 
@@ -292,21 +282,22 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(the features passed down, this block's contribution C_i[μ; σ] to w)."""
-        x, mean, std = instance_statistics(act(self.conv1(x)))
+        x, mean, std = instance_statistics(act(self.conv1(x)), EPS)
         style = self.style1(torch.cat([mean, std], dim=1))
         if self.last:
             x = act(self.dense(x.flatten(1)))
             return x, style + self.style2(x)
-        x, mean, std = instance_statistics(act(F.avg_pool2d(self.conv2(self.blur(x)), 2)))
+        x, mean, std = instance_statistics(act(F.avg_pool2d(self.conv2(self.blur(x)), 2)), EPS)
         return x, style + self.style2(torch.cat([mean, std], dim=1))
 
 
-class StyleEncoder(_Progressive):
+class StyleEncoder(Progressive, Encoder):
     """Images (B, C, H, W) → (μ, log σ²) of z, each (B, z_dim); inputs larger than the level are average-pooled."""
 
     def __init__(self, z_dim: int, channels: list[int], image_channels: int, mapping_layers: int = 3, blur: bool = True):
-        super().__init__(channels)
-        self.z_dim, self.image_channels = z_dim, image_channels
+        super().__init__(z_dim)
+        self.init_levels(channels)
+        self.image_channels = image_channels
         self.image_size = self.resolution(self.levels - 1)
         self.from_rgb = nn.ModuleList(EqualConv2d(image_channels, c, 1) for c in channels)
         self.blocks = nn.ModuleList(
@@ -332,7 +323,7 @@ class StyleEncoder(_Progressive):
             w = w + style
         return w
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, logvar = self.to_latent(self.styles(x)).chunk(2, dim=1)
         return mu, logvar
 

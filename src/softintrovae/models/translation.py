@@ -21,37 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from .base import Decoder, Encoder, LatentLayout
+from .layers import AdaIN
 from .resnet import spatial_size_after_encoder
 
 LATENT_NAMES = ("content", "class")
-
-
-def adaptive_instance_norm(x: Tensor, mean: Tensor, std: Tensor, eps: float = 1e-5) -> Tensor:
-    """AdaIN (Huang & Belongie 2017): normalise each channel of each sample of x (B, C, H, W) over
-    its H×W positions, then give it the standard deviation ``std`` and mean ``mean`` (B, C)."""
-    x_mean = x.mean(dim=(2, 3), keepdim=True)
-    x_var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
-    return (x - x_mean) * torch.rsqrt(x_var + eps) * std[:, :, None, None] + mean[:, :, None, None]
-
-
-class AdaIN(nn.Module):
-    """AdaIN whose per-channel statistics are a linear function of a style vector (the class latent).
-
-    The standard deviation is ``1 + linear``, so a fresh layer starts close to plain instance norm.
-    """
-
-    def __init__(self, style_dim: int, channels: int):
-        super().__init__()
-        self.affine = nn.Linear(style_dim, 2 * channels)
-
-    def statistics(self, style: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean, std), each (B, channels), for style (B, style_dim)."""
-        mean, scale = self.affine(style).chunk(2, dim=1)
-        return mean, 1.0 + scale
-
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        mean, std = self.statistics(style)
-        return adaptive_instance_norm(x, mean, std)
 
 
 class GaussianConvEncoder(nn.Module):
@@ -80,33 +54,29 @@ class GaussianConvEncoder(nn.Module):
         return mu, logvar
 
 
-class TranslationEncoder(nn.Module):
+def _layout(content_dim: int, class_dim: int) -> LatentLayout:
+    return LatentLayout(LATENT_NAMES, (content_dim, class_dim))
+
+
+class TranslationEncoder(Encoder):
     """x → (μ, log σ²) of z = [z_content; z_class], each (B, content_dim + class_dim)."""
 
-    latent_names = LATENT_NAMES
-
     def __init__(self, image_shape: Sequence[int], channels: Sequence[int], content_dim: int, class_dim: int, hidden_dim: int):
-        super().__init__()
+        super().__init__(_layout(content_dim, class_dim))
         self.content = GaussianConvEncoder(image_shape, channels, content_dim, hidden_dim)
         self.class_ = GaussianConvEncoder(image_shape, channels, class_dim, hidden_dim)
-        self.latent_sizes = (content_dim, class_dim)
-        self.z_dim = content_dim + class_dim
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         (mu_content, logvar_content), (mu_class, logvar_class) = self.content(x), self.class_(x)
         return torch.cat([mu_content, mu_class], dim=1), torch.cat([logvar_content, logvar_class], dim=1)
 
 
-class TranslationDecoder(nn.Module):
+class TranslationDecoder(Decoder):
     """z = [z_content; z_class] (B, content_dim + class_dim) → x̂ (B, C, H, W), no output activation."""
 
-    latent_names = LATENT_NAMES
-
     def __init__(self, image_shape: Sequence[int], channels: Sequence[int], content_dim: int, class_dim: int, hidden_dim: int):
-        super().__init__()
+        super().__init__(_layout(content_dim, class_dim))
         size = spatial_size_after_encoder(image_shape, channels)
-        self.latent_sizes = (content_dim, class_dim)
-        self.z_dim = content_dim + class_dim
         widths = list(reversed(channels))  # 256, 256, 128, 64 for the paper's encoder widths
         self.start_shape = (widths[0], size, size)
         self.project = nn.Sequential(
@@ -123,7 +93,7 @@ class TranslationDecoder(nn.Module):
         previous = widths[0]
         for width in widths:
             self.convs.append(nn.Conv2d(previous, width, 3, padding=1))
-            self.norms.append(AdaIN(class_dim, width))
+            self.norms.append(AdaIN(width, class_dim))
             previous = width
         self.activation = nn.LeakyReLU(0.2)
         self.out = nn.Sequential(
@@ -131,10 +101,11 @@ class TranslationDecoder(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
             nn.Conv2d(previous, image_shape[0], 7, padding=3),
         )
+        self._register_load_state_dict_pre_hook(_upgrade_adain_keys)
 
     def split(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(z_content, z_class) of a concatenated latent."""
-        content_dim, class_dim = self.latent_sizes
+        content_dim, class_dim = self.latents.sizes
         if z.shape[1] != content_dim + class_dim:
             raise UserError(f"the decoder takes latents of {content_dim} + {class_dim} dimensions, got {z.shape[1]}")
         return z[:, :content_dim], z[:, content_dim:]
@@ -145,11 +116,21 @@ class TranslationDecoder(nn.Module):
             h = self.activation(norm(conv(self.upsample(h)), z_class))
         return self.out(h)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.decode(*self.split(z))
 
 
-def build_translation(model_config, input_shape: Sequence[int], num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
+def _upgrade_adain_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before the AdaIN layers were shared hold ``norms.i.affine`` with rows
+    [mean; std − 1]; the shared layer's ``norms.i.style`` has rows [std; mean]."""
+    for key in [k for k in state_dict if k.startswith(prefix + "norms.") and ".affine." in k]:
+        mean, std_minus_one = state_dict.pop(key).chunk(2, dim=0)
+        if key.endswith(".bias"):
+            std_minus_one = std_minus_one + 1.0
+        state_dict[key.replace(".affine.", ".style.")] = torch.cat([std_minus_one, mean])
+
+
+def build_translation(model_config, input_shape: Sequence[int], num_classes: int = 0) -> tuple[TranslationEncoder, TranslationDecoder]:
     """(encoder, decoder): content latent ``model.z_dim``, class latent ``model.class_z_dim``,
     encoder widths ``model.channels``, fully connected width ``model.hidden_dim``."""
     if num_classes:
@@ -164,4 +145,4 @@ def build_translation(model_config, input_shape: Sequence[int], num_classes: int
     return TranslationEncoder(**kwargs), TranslationDecoder(**kwargs)
 
 
-__all__ = ["AdaIN", "GaussianConvEncoder", "TranslationDecoder", "TranslationEncoder", "adaptive_instance_norm", "build_translation"]
+__all__ = ["GaussianConvEncoder", "TranslationDecoder", "TranslationEncoder", "build_translation"]
