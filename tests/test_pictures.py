@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from softintrovae.cli import main
-from softintrovae.evaluation import eval_mode
-from softintrovae.pictures import bilinear_latents, load_trained
+from softintrovae.checkpoint import TrainedModel
+from softintrovae.data import build_data
+from softintrovae.models import eval_mode
+from softintrovae.pictures import bilinear_latents
 from softintrovae.rundir import RunDir
 
 from .conftest import TINY
@@ -39,8 +41,8 @@ def test_bilinear_grid_has_the_corners_and_is_linear_along_edges():
 
 
 def test_interpolation_corners_decode_to_the_corner_images_reconstructions(image_run):
-    model = load_trained(image_run)
-    images = model.data.sample(4, torch.Generator().manual_seed(0))
+    model = TrainedModel.load(image_run)
+    images = build_data(model.config).sample(4, torch.Generator().manual_seed(0))
     with eval_mode(model.encoder, model.decoder):
         mu, _ = model.encoder(images)
         grid = model.decoder(bilinear_latents(mu, 8))

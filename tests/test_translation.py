@@ -345,11 +345,11 @@ def test_transfer_curve_measures_every_kept_checkpoint_and_skips_a_corrupt_one(s
     assert all(f"step {step:>7}" in printed for step in (2, 4, 6))
 
     # the last point is the latest checkpoint's transfer error on the same pairs
-    from softintrovae.pictures import load_trained
+    from softintrovae.checkpoint import TrainedModel
 
-    model = load_trained(run)
-    data = load_translation_set(RunDir(run).load_config().data, "test")
-    latest = transfer_errors(model.encoder, model.decoder, data, pairs=curve["pairs"], seed=curve["seed"])
+    model = TrainedModel.load(run)
+    data = load_translation_set(model.config.data, "test")
+    latest = transfer_errors(model.encoder, model.sampling_decoder, data, pairs=curve["pairs"], seed=curve["seed"])
     assert curve["points"][-1]["transfer"] == latest["transfer"]
     assert curve["points"][0]["transfer"] != curve["points"][-1]["transfer"]  # training moved the model
     assert curve["points"][0]["copy_content"] == curve["points"][-1]["copy_content"]  # the same pairs throughout

@@ -1,5 +1,9 @@
 """Checkpoints: the file format, its checksum, loading with fallback, and the trained model.
 
+:meth:`TrainedModel.load` is the one way in for a trained model: it takes a run directory or a
+checkpoint file, reads the config and the checkpoint once each, and needs no training data, since
+a checkpoint records its model's input shape, number of classes and latent layout.
+
 A checkpoint is a ``torch.save`` of plain containers and tensors (it loads with
 ``weights_only=True``), written atomically with its SHA-256 in ``NAME.sha256`` beside it (written
 before the rename, so a visible checkpoint always has its checksum; ``sha256sum -c`` reads it).
@@ -15,13 +19,19 @@ import io
 import os
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
+from .config import Config, config_from_dict, load_run_config
+from .data import build_data
 from .errors import CorruptCheckpoint, UserError, warn
 from .files import atomic_write_bytes, atomic_write_text, sha256_hex
+from .likelihood import score_images
+from .models import Decoder, Encoder, LatentLayout, build_models, class_labels, eval_mode, forward
 
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -151,3 +161,185 @@ def load_latest_usable(folder: Path, where: Path) -> tuple[Path, dict[str, Any]]
     if first_error is not None:
         raise CorruptCheckpoint(f"no usable checkpoint in {str(where)!r}: {first_error}")
     return None
+
+
+# ---- a run directory's config and checkpoints ----------------------------------------------------
+
+RUN_CONFIG = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def check_run_dir(path: Path) -> Path:
+    """``path`` if it is a run directory (a folder with a config.yaml), else one line saying what it is."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run directory {str(path)!r} does not exist")
+    if not (path / RUN_CONFIG).is_file():
+        raise UserError(f"{str(path)!r} is not a run directory (no config.yaml)")
+    return path
+
+
+def model_record(input_shape: tuple[int, ...], num_classes: int, latents: LatentLayout) -> dict[str, Any]:
+    """What a checkpoint records of its model besides the weights, so that it loads without its data."""
+    return {"input_shape": list(input_shape), "num_classes": int(num_classes), "latents": latents.to_dict()}
+
+
+# ---- the trained model ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainedModel:
+    """A trained encoder/decoder pair and what is needed to use it, loaded without the training data.
+
+    ``decoder`` is the trained decoder and ``decoder_ema`` its exponential moving average when the run
+    kept one; :attr:`sampling_decoder` (the EMA copy when there is one) draws samples, reconstructions
+    and metrics. Networks are in eval mode on the CPU after loading (see :meth:`to`).
+    """
+
+    config: Config
+    encoder: Encoder
+    decoder: Decoder
+    decoder_ema: Decoder | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+    latents: LatentLayout
+    step: int
+    checkpoint: Path  # the file the weights came from
+    run_dir: Path | None  # the run directory, when loaded from one
+    state: dict[str, Any]  # the checkpoint's content (training state, timings)
+
+    @property
+    def method(self) -> str:
+        return self.config.method.name
+
+    @property
+    def sampling_decoder(self) -> Decoder:
+        return self.decoder_ema if self.decoder_ema is not None else self.decoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @classmethod
+    def load(cls, path: str | Path, config: Config | None = None) -> "TrainedModel":
+        """From a run directory (its newest usable checkpoint) or a checkpoint file.
+
+        ``config`` replaces the run's (e.g. with other ``eval.*`` settings); by default it is the run
+        directory's config.yaml, or the config the checkpoint file holds.
+        """
+        path = Path(path)
+        if path.is_dir():
+            run_dir = check_run_dir(path)
+            config = config or load_run_config(run_dir / RUN_CONFIG)
+            loaded = load_latest_usable(run_dir / CHECKPOINT_DIR, run_dir)
+            if loaded is None:
+                raise UserError(f"run directory {str(run_dir)!r} has no checkpoint to evaluate or use yet")
+            checkpoint, state = loaded
+        else:
+            run_dir, checkpoint = None, path
+            state = load_training_checkpoint(path)
+            if config is None:
+                if not isinstance(state.get("config"), dict):
+                    raise UserError(f"checkpoint {str(path)!r} holds no config: load its run directory instead")
+                config = config_from_dict(state["config"])
+        return cls.from_state(config, state, checkpoint, run_dir)
+
+    @classmethod
+    def from_state(cls, config: Config, state: dict[str, Any], checkpoint: Path, run_dir: Path | None = None) -> "TrainedModel":
+        """Build the networks of ``config`` and load a checkpoint's ``state`` into them."""
+        input_shape, num_classes = _model_shape(config, state, checkpoint)
+        encoder, decoder = build_models(config.model, input_shape, num_classes)
+        decoder_ema = None
+        try:
+            encoder.load_state_dict(state["encoder"])
+            decoder.load_state_dict(state["decoder"])
+            if "decoder_ema" in state:
+                _, decoder_ema = build_models(config.model, input_shape, num_classes)
+                decoder_ema.load_state_dict(state["decoder_ema"])
+        except (KeyError, RuntimeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
+        model = cls(config, encoder, decoder, decoder_ema, input_shape, num_classes, encoder.latents, int(state["step"]), checkpoint, run_dir, state)
+        for network in model.networks():
+            network.eval()
+        return model
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [n for n in (self.encoder, self.decoder, self.decoder_ema) if n is not None]
+
+    def to(self, device: str | torch.device) -> "TrainedModel":
+        """Move the networks to ``device``; returns self."""
+        for network in self.networks():
+            network.to(device)
+        return self
+
+    def record(self) -> dict[str, Any]:
+        return model_record(self.input_shape, self.num_classes, self.latents)
+
+    # ---- using it: encode, decode, sample, reconstruct (eval mode, no gradients) -----------------
+
+    def _labels(self, labels: Tensor | None, n: int) -> Tensor | None:
+        if not self.num_classes:
+            if labels is not None:
+                raise UserError("this model is not class-conditional: give no labels")
+            return None
+        if labels is None:
+            raise UserError(f"this model is class-conditional ({self.num_classes} classes): give the labels")
+        return torch.as_tensor(labels, dtype=torch.long, device=self.device).expand(n)
+
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(μ, log σ²) of images or points x (B, *input_shape)."""
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise UserError(f"the model takes inputs of shape {self.input_shape}, got {tuple(x.shape[1:])}")
+        with eval_mode(self.encoder):
+            return forward(self.encoder, x.to(self.device), self._labels(labels, len(x)))
+
+    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """D(z) (no output activation) for latents z (B, z_dim), with the sampling decoder."""
+        with eval_mode(self.sampling_decoder):
+            return forward(self.sampling_decoder, z.to(self.device), self._labels(labels, len(z)))
+
+    def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` decoded prior samples z ~ N(0, I); a conditional model draws classes 0..K−1 in turn
+        unless ``labels`` are given."""
+        if n < 1:
+            raise UserError(f"the number of samples must be >= 1, got {n}")
+        z = torch.randn(n, self.latents.z_dim, generator=generator)
+        if labels is None and self.num_classes:
+            labels = class_labels(n, self.num_classes)
+        return self.decode(z, labels)
+
+    def scores(self, images: Tensor, labels: Tensor | None = None, samples: int = 5, seed: int = 0, progress=None) -> dict[str, Tensor]:
+        """Per-image likelihood scores (N,) of float images in [0, 1]: ``elbo`` (β = 1), ``elbo_beta``
+        (the run's β's) and ``iw`` (importance-weighted log p(x) with ``samples`` draws), in nats; see
+        :mod:`softintrovae.likelihood`."""
+        method = self.config.method
+        return score_images(
+            self.encoder, self.sampling_decoder, images, labels=self._labels(labels, len(images)) if labels is not None else None,
+            beta_rec=method.beta_rec, beta_kl=method.beta_kl, kind=method.reconstruction, samples=samples, seed=seed, progress=progress,
+        )  # fmt: skip
+
+    def log_likelihood(self, x: Tensor, labels: Tensor | None = None, samples: int = 5, seed: int = 0) -> Tensor:
+        """Importance-weighted log p(x) (N,), in nats, with ``samples`` draws: the OOD score of ``softintrovae ood``."""
+        return self.scores(x, labels, samples=samples, seed=seed)["iw"]
+
+    def reconstruct(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """D(μ(x)): the deterministic reconstruction of x."""
+        mu, _ = self.encode(x, labels)
+        return self.decode(mu, labels)
+
+
+def _model_shape(config: Config, state: dict[str, Any], checkpoint: Path) -> tuple[tuple[int, ...], int]:
+    """(input shape, number of classes) as the checkpoint records them; a checkpoint written before
+    they were recorded needs its training data to tell."""
+    record = state.get("model")
+    if isinstance(record, dict):
+        return tuple(int(s) for s in record["input_shape"]), int(record["num_classes"])
+    try:
+        data = build_data(config)
+    except UserError as exc:
+        raise UserError(
+            f"checkpoint {str(checkpoint)!r} was written before checkpoints recorded their input shape, "
+            f"so loading it needs its training data, which is missing: {exc}"
+        ) from None
+    return tuple(data.input_shape), data.num_classes if config.model.conditional else 0

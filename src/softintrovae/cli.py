@@ -80,16 +80,6 @@ def cmd_evaluate(args) -> int:
         return 0
     args.metrics = ",".join(names)
     wanted, overrides = _fid_kid_request(args.metrics) if args.metrics else ([], None)
-    if wanted:
-        from .metrics.features import feature_nets_dir
-        from .rundir import RunDir
-
-        dataset = RunDir.open(args.run_dir).load_config().data.name
-        if not (feature_nets_dir() / f"{dataset}.pt").is_file():
-            raise UserError(
-                f"no feature net for {dataset!r} in {str(feature_nets_dir())!r}; "
-                f"train one with: softintrovae feature-net train --dataset {dataset}"
-            )
     result = evaluate(args.run_dir, argv=["softintrovae", *args.argv], overrides=overrides)
     missing = [name for name in wanted if name not in result.metrics]
     if missing:
@@ -242,9 +232,9 @@ def cmd_pictures(args) -> int:
     if args.command == "sample":
         paths = [pictures.sample(args.run_dir, n=args.n, seed=args.seed, out=args.out)]
     elif args.command == "reconstruct":
-        paths = [pictures.reconstruct(args.run_dir, n=args.n, seed=args.seed, out=args.out)]
+        paths = [pictures.reconstruct(args.run_dir, n=args.n, seed=args.seed, out=args.out, images=args.images)]
     else:
-        paths = list(pictures.interpolate(args.run_dir, seed=args.seed, size=args.size, out=args.out))
+        paths = list(pictures.interpolate(args.run_dir, seed=args.seed, size=args.size, out=args.out, images=args.images))
     for path in paths:
         print(path)
     return 0
@@ -346,11 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("interpolate", "a linear strip between two images and the 4-corner bilinear grid in latent space", 0),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("run_dir")
+        p.add_argument("run_dir", help="a run directory or a checkpoint file")
         if n:
             p.add_argument("-n", type=int, default=n, help=f"number of images (default {n})")
         else:
             p.add_argument("--size", type=int, default=8, help="images per side of the grid (default 8)")
+        if name != "sample":
+            p.add_argument("--images", help="an .npz or a folder of images to use (default: random images of the run's training data)")
         p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
         p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
         p.set_defaults(func=cmd_pictures)

@@ -16,29 +16,10 @@ from .config import Config
 from .data import HAS_TEST_SPLIT, ImageStream, Toy2DStream, load_images
 from .metrics import deterministic_negative_elbo, grid_normalized_elbo, histogram_metrics, square_grid
 from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_net
-from .models import Decoder, class_labels, forward, num_classes_of
+from .models import Decoder, class_labels, eval_mode, forward, num_classes_of
 from .objectives import kl_to_standard_normal, reconstruction_loss
 from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
 from .files import atomic_write_bytes
-
-
-class eval_mode:
-    """Put modules in eval mode (and no_grad) for a block, restoring their previous modes."""
-
-    def __init__(self, *modules: nn.Module):
-        self.modules = modules
-
-    def __enter__(self):
-        self.modes = [m.training for m in self.modules]
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        for m in self.modules:
-            m.eval()
-
-    def __exit__(self, *exc):
-        for m, mode in zip(self.modules, self.modes):
-            m.train(mode)
-        self.no_grad.__exit__(*exc)
 
 
 class Toy2DEvaluator:

@@ -27,8 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from .evaluation import eval_mode
-from .models import forward, num_classes_of
+from .models import eval_mode, forward, num_classes_of
 from .objectives import full_precision, kl_to_standard_normal, reconstruction_loss
 
 SCORES = ("elbo", "elbo_beta", "iw")

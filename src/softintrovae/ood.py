@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from .config import DataConfig
 from .data import HAS_TEST_SPLIT, IMAGE_DATASETS, load_images
 from .errors import UserError
-from .likelihood import SCORES, score_images
-from .models import num_classes_of
-from .pictures import load_trained
+from .checkpoint import TrainedModel
+from .likelihood import SCORES
+from .pictures import as_trained
 from .plots import plot_roc_curves, plot_score_histograms
 from .rundir import atomic_write_text
 
@@ -86,7 +86,7 @@ def roc_curve(in_scores: torch.Tensor, out_scores: torch.Tensor) -> tuple[np.nda
 
 
 def run_ood(
-    run_dir: str | Path,
+    run_dir: TrainedModel | str | Path,
     out_sets: list[str],
     in_set: str | None = None,
     score: str = "iw",
@@ -109,11 +109,13 @@ def run_ood(
     if not out_sets:
         raise UserError("give at least one out-of-distribution dataset with --out")
     outs = [DatasetSpec.parse(text) for text in out_sets]
-    model = load_trained(run_dir)
-    config = model.run.load_config()
+    model = as_trained(run_dir)
+    config = model.config
     inside = DatasetSpec.parse(in_set) if in_set else DatasetSpec(config.data.name, config.data.root)
-    shape = tuple(model.data.input_shape)
-    if num_classes_of(model.decoder):
+    shape = model.input_shape
+    if len(shape) != 3:
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: OOD detection here scores images")
+    if model.num_classes:
         raise UserError("OOD scores of a class-conditional model would need the out-sets' labels; use an unconditional run")
 
     every: dict[str, dict[str, torch.Tensor]] = {}  # set name -> score name -> (N,)
@@ -126,15 +128,12 @@ def run_ood(
     total = sum(len(images) for images, _ in loaded.values())
     with tqdm(total=total, desc=f"ood scores ({score}, M={samples})", unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for name, (images, _) in loaded.items():
-            every[name] = score_images(
-                model.encoder, model.decoder, images, beta_rec=method.beta_rec, beta_kl=method.beta_kl,
-                kind=method.reconstruction, samples=samples, seed=seed, progress=bar,
-            )  # fmt: skip
+            every[name] = model.scores(images, samples=samples, seed=seed, progress=bar)
     sets = {name: scores[score] for name, scores in every.items()}
 
     reference = "in-test" if "in-test" in sets else "in-train"
     results = {
-        "run": str(model.run.path),
+        "run": str(model.run_dir or model.checkpoint),
         "step": model.step,
         "score": score,
         "samples": samples,
@@ -147,7 +146,7 @@ def run_ood(
             name: {spec.label: auroc(every[reference][name], every[spec.label][name]) for spec in outs} for name in SCORES
         },
     }
-    report = Path(report_dir) if report_dir else model.run.path / "ood"
+    report = Path(report_dir) if report_dir else (model.run_dir or model.checkpoint.parent) / "ood"
     report.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report / "ood.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(report / "ood.md", ood_markdown(results))
@@ -239,11 +238,11 @@ def reproduce_ood(
         paths[method] = Path(runs[i]) if runs else _train_or_reuse(preset, method, out / method, overrides or {})
     results = {}
     for method, path in paths.items():
-        model = load_trained(path)
-        found, skipped = available_out_sets(tuple(model.data.input_shape))
+        model = as_trained(path)
+        found, skipped = available_out_sets(model.input_shape)
         if not found:
             raise UserError(f"no out-of-distribution dataset loads on this machine ({'; '.join(skipped)})")
-        results[method] = run_ood(path, found, score="elbo", samples=samples, limit=limit, report_dir=out / method, progress=progress)
+        results[method] = run_ood(model, found, score="elbo", samples=samples, limit=limit, report_dir=out / method, progress=progress)
         results[method]["skipped"] = skipped
     atomic_write_text(out / "ood.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "ood.md", table7_markdown(results))

@@ -1,88 +1,97 @@
 """Pictures from a trained image run: prior samples, reconstructions and latent interpolations.
 
-All of them load the run's latest checkpoint and decode in eval mode (BatchNorm uses its running
-statistics), with their own seeded generators, so the same command draws the same picture. A
+All of them load the run through :meth:`~softintrovae.checkpoint.TrainedModel.load` and decode in
+eval mode (BatchNorm uses its running statistics), with their own seeded generators, so the same
+command draws the same picture. Images to reconstruct or interpolate between come from ``images``
+(an .npz, a folder of images, or a tensor) or, by default, from the run's training data. A
 class-conditional model samples classes 0, 1, ..., K−1 in turn and reconstructs each image with its
 own label; an interpolated latent takes the label of its nearest end point or corner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .data import build_data
+from .checkpoint import TrainedModel
+from .data import build_data, load_image_folder, load_npz
 from .errors import UserError
-from .evaluation import eval_mode
-from .models import build_models, class_labels, forward, num_classes_of
 from .plots import plot_image_grid
-from .rundir import RunDir
+
+Images = str | Path | Tensor | tuple[Tensor, Tensor | None] | None
 
 
-@dataclass
-class TrainedModel:
-    encoder: nn.Module
-    decoder: nn.Module
-    data: object  # the run's data stream (images to reconstruct or interpolate between)
-    step: int
-    run: RunDir
+def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
+    """A loaded model as it is, or a run directory / checkpoint loaded once."""
+    return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
 
 
-def load_trained(path: str | Path) -> TrainedModel:
-    """The encoder and decoder of a run's latest checkpoint, on the CPU, with the run's data."""
-    run = RunDir.open(path)
-    config = run.load_config()
-    loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
-    if loaded is None:
-        raise UserError(f"run directory {str(run.path)!r} has no checkpoint yet")
-    checkpoint, state = loaded
-    data = build_data(config)
-    if len(data.input_shape) != 3:
-        raise UserError(f"{str(run.path)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
-    encoder, decoder = build_models(config.model, data.input_shape, getattr(data, "num_classes", 0))
-    try:
-        encoder.load_state_dict(state["encoder"])
-        decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))  # the EMA decoder, when the run keeps one
-    except (KeyError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
-    return TrainedModel(encoder, decoder, data, int(state["step"]), run)
+def _require_images(model: TrainedModel) -> None:
+    if len(model.input_shape) != 3:
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
 
 
-def _images(model: TrainedModel, n: int, seed: int) -> tuple[Tensor, Tensor | None]:
-    """n training images and, for a conditional model, their labels (else None)."""
+def read_images(source: str | Path, image_shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
+    """uint8 images and labels from an .npz or a folder of images, which must have ``image_shape``."""
+    path = Path(source)
+    if path.is_dir():
+        images, labels = load_image_folder(path, image_shape[-1], channels=image_shape[0])
+    else:
+        images, labels = load_npz(path)
+    if tuple(images.shape[1:]) != tuple(image_shape):
+        raise UserError(f"{str(path)!r} has {'x'.join(map(str, images.shape[1:]))} images, but the model takes {'x'.join(map(str, image_shape))}")
+    return images, labels
+
+
+def pick_images(model: TrainedModel, n: int, seed: int, images: Images = None) -> tuple[Tensor, Tensor | None]:
+    """n float images in [0, 1] and, for a conditional model, their labels (else None): the first n of
+    ``images`` when given, else n random training images of the run (its data must be on this machine)."""
     if n < 1:
         raise UserError(f"the number of images must be >= 1, got {n}")
-    images, labels = model.data.sample_labelled(n, torch.Generator().manual_seed(seed))
-    return images, labels if num_classes_of(model.decoder) else None
+    if images is None:
+        try:
+            data = build_data(model.config)
+        except UserError as exc:
+            raise UserError(f"{exc}; give the images to use with --images (an .npz or a folder)") from None
+        x, y = data.sample_labelled(n, torch.Generator().manual_seed(seed))
+    else:
+        if isinstance(images, (str, Path)):
+            images = read_images(images, model.input_shape)
+        x, y = images if isinstance(images, tuple) else (images, None)
+        if len(x) < n:
+            raise UserError(f"{n} images are needed, {len(x)} were given")
+        x, y = x[:n], None if y is None else y[:n]
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+    if model.num_classes and y is None:
+        raise UserError(f"this model is class-conditional ({model.num_classes} classes): the images need labels")
+    return x, y.long() if model.num_classes else None
 
 
 def _out(model: TrainedModel, out: str | Path | None, name: str) -> Path:
-    return Path(out) if out else model.run.path / "pictures" / f"{name}_step{model.step:07d}.png"
+    if out:
+        return Path(out)
+    folder = model.run_dir if model.run_dir is not None else model.checkpoint.parent
+    return folder / "pictures" / f"{name}_step{model.step:07d}.png"
 
 
-def sample(path: str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None) -> Path:
+def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None) -> Path:
     """``n`` decoded prior samples z ~ N(0, I) as a grid."""
     if n < 1:
         raise UserError(f"the number of images must be >= 1, got {n}")
-    model = load_trained(path)
-    z = torch.randn(n, model.decoder.z_dim, generator=torch.Generator().manual_seed(seed))
-    with eval_mode(model.encoder, model.decoder):
-        images = forward(model.decoder, z, class_labels(n, num_classes_of(model.decoder))).clamp(0, 1)
-    columns = min(8, n)
-    return plot_image_grid(images.numpy(), columns, _out(model, out, "samples"), f"{n} samples, step {model.step}")
+    model = as_trained(path)
+    _require_images(model)
+    images = model.sample(n, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
+    return plot_image_grid(images.numpy(), min(8, n), _out(model, out, "samples"), f"{n} samples, step {model.step}")
 
 
-def reconstruct(path: str | Path, n: int = 16, seed: int = 0, out: str | Path | None = None) -> Path:
-    """``n`` training images beside their reconstructions D(μ(x)): real | reconstruction pairs."""
-    model = load_trained(path)
-    real, labels = _images(model, n, seed)
-    with eval_mode(model.encoder, model.decoder):
-        mu, _ = forward(model.encoder, real, labels)
-        rec = forward(model.decoder, mu, labels).clamp(0, 1)
+def reconstruct(path: TrainedModel | str | Path, n: int = 16, seed: int = 0, out: str | Path | None = None, images: Images = None) -> Path:
+    """``n`` images beside their reconstructions D(μ(x)): real | reconstruction pairs."""
+    model = as_trained(path)
+    _require_images(model)
+    real, labels = pick_images(model, n, seed, images)
+    rec = model.reconstruct(real, labels).clamp(0, 1).cpu()
     pairs = torch.stack([real, rec], dim=1).flatten(0, 1)  # real, rec, real, rec, ...
     return plot_image_grid(pairs.numpy(), 8, _out(model, out, "reconstructions"), f"real | reconstruction, step {model.step}")
 
@@ -104,22 +113,24 @@ def bilinear_latents(corners: Tensor, size: int = 8) -> Tensor:
     return bilinear_weights(size) @ corners
 
 
-def interpolate(path: str | Path, seed: int = 0, size: int = 8, out: str | Path | None = None) -> tuple[Path, Path]:
+def interpolate(
+    path: TrainedModel | str | Path, seed: int = 0, size: int = 8, out: str | Path | None = None, images: Images = None
+) -> tuple[Path, Path]:
     """A linear strip between two images' latents and the 4-corner bilinear grid; returns both PNGs."""
     if size < 2:
         raise UserError(f"--size must be >= 2, got {size}")
-    model = load_trained(path)
-    images, labels = _images(model, 4, seed)
+    model = as_trained(path)
+    _require_images(model)
+    corners, labels = pick_images(model, 4, seed, images)
     weights = torch.linspace(0, 1, size).view(-1, 1)
     corner_weights = bilinear_weights(size)
     strip_labels = grid_labels = None
     if labels is not None:  # each point takes the class of the end point / corner it is nearest to
         strip_labels = labels[(weights.view(-1) > 0.5).long()]
         grid_labels = labels[corner_weights.argmax(dim=1)]
-    with eval_mode(model.encoder, model.decoder):
-        mu, _ = forward(model.encoder, images, labels)
-        strip = forward(model.decoder, mu[0] * (1 - weights) + mu[1] * weights, strip_labels).clamp(0, 1)
-        grid = forward(model.decoder, corner_weights @ mu, grid_labels).clamp(0, 1)
+    mu = model.encode(corners, labels)[0].cpu()
+    strip = model.decode(mu[0] * (1 - weights) + mu[1] * weights, strip_labels).clamp(0, 1).cpu()
+    grid = model.decode(corner_weights @ mu, grid_labels).clamp(0, 1).cpu()
     strip_path = _out(model, out and Path(out).with_name(Path(out).stem + "_linear.png"), "interpolation_linear")
     grid_path = _out(model, out and Path(out).with_name(Path(out).stem + "_bilinear.png"), "interpolation_bilinear")
     plot_image_grid(strip.numpy(), size, strip_path, f"linear interpolation, step {model.step}")
@@ -127,4 +138,4 @@ def interpolate(path: str | Path, seed: int = 0, size: int = 8, out: str | Path 
     return strip_path, grid_path
 
 
-__all__ = ["bilinear_latents", "bilinear_weights", "interpolate", "load_trained", "reconstruct", "sample"]
+__all__ = ["as_trained", "bilinear_latents", "bilinear_weights", "interpolate", "pick_images", "read_images", "reconstruct", "sample"]

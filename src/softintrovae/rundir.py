@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import checksum_path, list_checkpoints, load_latest_usable, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, RUN_CONFIG, check_run_dir, checksum_path, list_checkpoints, load_latest_usable, save_checkpoint
 from .config import Config, load_run_config
 from .errors import RunDirWriteError, UserError
 from .files import atomic_write_text, remove_temporaries
@@ -35,10 +35,10 @@ class RunDir:
         self.path = Path(path)
         self._lock: RunLock | None = None
 
-    config_path = property(lambda self: self.path / "config.yaml")
+    config_path = property(lambda self: self.path / RUN_CONFIG)
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     final_metrics_path = property(lambda self: self.path / "metrics.json")
-    checkpoint_dir = property(lambda self: self.path / "checkpoints")
+    checkpoint_dir = property(lambda self: self.path / CHECKPOINT_DIR)
     lock_path = property(lambda self: self.path / "lock")
 
     @classmethod
@@ -60,12 +60,7 @@ class RunDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
-        run = cls(path)
-        if not run.path.is_dir():
-            raise UserError(f"run directory {str(run.path)!r} does not exist")
-        if not run.config_path.is_file():
-            raise UserError(f"{str(run.path)!r} is not a run directory (no config.yaml)")
-        return run
+        return cls(check_run_dir(Path(path)))
 
     def lock(self) -> None:
         """Take ``RUN/lock`` for this process (refused while another live process writes the run),

@@ -25,6 +25,8 @@ LOCK_STALE_SECONDS = 600.0  # a lock from another host untouched this long belon
 
 
 def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs; a zombie (exited, not yet reaped: e.g. a killed worker whose
+    parent died too, under an init that does not reap) counts as gone."""
     if os.name != "posix":  # os.kill(pid, 0) is no probe on Windows: count the holder as alive
         return True
     try:
@@ -33,7 +35,15 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, owned by another user
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS) or gone meanwhile
+        return False
+    return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))  # the state follows "(command) "
 
 
 class RunLock:

@@ -31,6 +31,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
 from .data import build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
@@ -38,11 +39,20 @@ from .errors import TrainingDiverged, UserError, warn
 from .evaluation import build_evaluator
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
+from .metrics.features import feature_nets_dir
 from .models import build_models
 from .perceptual import build_perceptual_loss
 from .rollback import StepSnapshot
 from .files import atomic_write_text
 from .rundir import RunDir
+
+
+def run_evaluation(evaluator, encoder, decoder, run: RunDir, step: int, final: bool) -> dict[str, float]:
+    """Evaluate (metrics, plots into the run directory) and log the result as an ``eval`` or ``final`` record."""
+    started = time.perf_counter()
+    metrics = evaluator(encoder, decoder, run.path, step, final)
+    run.log({"step": step, "kind": "final" if final else "eval", **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
+    return metrics
 
 
 class TrainingInterrupted(Exception):
@@ -186,6 +196,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self.consecutive_skips,
             "config": self.config.to_dict(),
+            "model": model_record(self.data.input_shape, self.encoder.num_classes, self.encoder.latents),
+            "total_steps": self.total_steps,
             **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
             **({"decoder_ema": self.ema.module.state_dict()} if self.ema else {}),
         }
@@ -305,12 +317,8 @@ class Trainer:
         """Rank 0 evaluates (metrics, plots); the other processes return {} at once."""
         if not self.process.is_main:
             return {}
-        started = time.perf_counter()
         decoder = self.ema.module if self.ema else self.decoder
-        metrics = self.evaluator(self.encoder, decoder, self.run.path, self.step, final)
-        kind = "final" if final else "eval"
-        self.run.log({"step": self.step, "kind": kind, **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
-        return metrics
+        return run_evaluation(self.evaluator, self.encoder, decoder, self.run, self.step, final)
 
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its
@@ -440,30 +448,38 @@ def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None
     return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
 
 
+def _check_feature_net(config: Config) -> None:
+    """FID/KID asked for explicitly need the dataset's feature net (training skips them without one)."""
+    net = feature_nets_dir() / f"{config.data.name}.pt"
+    if config.eval.fid_samples and not net.is_file():
+        raise UserError(
+            f"no feature net for {config.data.name!r} in {str(feature_nets_dir())!r}; "
+            f"train one with: softintrovae feature-net train --dataset {config.data.name}"
+        )
+
+
 def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> RunResult:
     """Re-run the final evaluation of a run's latest checkpoint (metrics.json and plots).
 
     ``overrides`` may change ``eval.*`` settings for this evaluation only (e.g. ``eval.fid_samples``).
     """
     run = RunDir.open(path)
-    config = run.load_config()
-    if overrides:
-        bad = [k for k in overrides if not k.startswith("eval.")]
-        if bad:
-            raise UserError(f"evaluation may only change eval.* settings, not {bad[0]!r}")
-        config = config_from_dict(apply_overrides(config.to_dict(), overrides))
     run.lock()  # it writes metrics.json and plots: not while a training writes the run
     try:
-        loaded = run.load_latest_checkpoint()
-        if loaded is None:
-            raise UserError(f"run directory {str(run.path)!r} has no checkpoint to evaluate")
-        checkpoint, state = loaded
-        trainer = Trainer(config, run)
-        trainer.restore(state, checkpoint)
+        config = run.load_config()
+        if overrides:
+            bad = [k for k in overrides if not k.startswith("eval.")]
+            if bad:
+                raise UserError(f"evaluation may only change eval.* settings, not {bad[0]!r}")
+            config = config_from_dict(apply_overrides(config.to_dict(), overrides))
+            _check_feature_net(config)
+        model = TrainedModel.load(run.path, config).to(resolve_device(config.train.device))
+        data = build_data(config)  # the held-out images or points the metrics compare with
+        total_steps = model.state.get("total_steps") or resolve_schedule(config, data, build_growth(config, data))[0]
         run.record_command(argv or ["python-api", "evaluate", str(path)])
-        metrics = trainer.evaluate(final=True)
-        timing = {"train_seconds": round(float(state["train_seconds"]), 1)} if "train_seconds" in state else {}
-        run.write_final_metrics({"step": trainer.step, "total_steps": trainer.total_steps, **metrics, **timing})
+        metrics = run_evaluation(build_evaluator(config, data), model.encoder, model.sampling_decoder, run, model.step, final=True)
+        timing = {"train_seconds": round(float(model.state["train_seconds"]), 1)} if "train_seconds" in model.state else {}
+        run.write_final_metrics({"step": model.step, "total_steps": total_steps, **metrics, **timing})
     finally:
         run.unlock()
     return RunResult(run.path, metrics)

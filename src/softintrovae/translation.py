@@ -26,14 +26,14 @@ from tqdm import tqdm
 
 from .data.rendered import TranslationSet
 from .data.translation import load_translation_set
-from .errors import CorruptCheckpoint, UserError, warn
-from .evaluation import eval_mode
-from .pictures import load_trained
+from .errors import UserError, warn
+from .pictures import as_trained
 from .files import save_figure
 from .plots import tile_images  # importing plots selects the file-only Agg backend
-from .models import build_models, latents_of
+from .models import eval_mode, latents_of
 from .objectives import kl_to_standard_normal
-from .checkpoint import load_checkpoint
+from .checkpoint import TrainedModel
+from .config import Config
 from .files import atomic_write_text
 from .rundir import RunDir
 
@@ -248,16 +248,24 @@ class TransferMatrix:
 
 
 def translate(
-    run_dir: str | Path, rows: int = 4, columns: int = 4, split: str = "test", seed: int = 0, out: str | Path | None = None
+    run_dir: TrainedModel | str | Path,
+    rows: int = 4,
+    columns: int = 4,
+    split: str = "test",
+    seed: int = 0,
+    out: str | Path | None = None,
+    data: TranslationSet | None = None,
 ) -> TransferMatrix:
     """Figure 7 for a run: class images down the left, content images across the top, transfers inside,
-    beside the ground-truth matrix when the dataset has pose labels. Writes a PNG and returns it."""
-    model = load_trained(run_dir)
-    data = _translation_data(model.run, split)
+    beside the ground-truth matrix when the dataset has pose labels. Writes a PNG and returns it.
+
+    ``data``: the images to pick from (default: the run's dataset, ``split``)."""
+    model = as_trained(run_dir)
+    data = data if data is not None else _translation_data(model.config, model.run_dir or model.checkpoint, split)
     class_index, content_index = pick_matrix_images(data, rows, columns, seed)
     images = data.images.float().div(255)
     class_images, content_images = images[class_index], images[content_index]
-    matrix = transfer_matrix(model.encoder, model.decoder, class_images, content_images)
+    matrix = transfer_matrix(model.encoder, model.sampling_decoder, class_images, content_images)
     panels = {"class (left) x content (top)": _bordered(matrix, class_images, content_images)}
     truth = None
     if data.poses is not None:
@@ -265,43 +273,45 @@ def translate(
         if bool(known.all()):
             truth = images[answer].view_as(matrix)
             panels["ground truth"] = _bordered(truth, class_images, content_images)
-    path = Path(out) if out else model.run.path / "pictures" / f"transfer_{split}_step{model.step:07d}.png"
-    config = model.run.load_config()
+    folder = model.run_dir if model.run_dir is not None else model.checkpoint.parent
+    path = Path(out) if out else folder / "pictures" / f"transfer_{split}_step{model.step:07d}.png"
+    config = model.config
     plot_transfer_matrix(panels, path, f"{config.method.name}, step {model.step}, {split} split ({config.data.name})")
     return TransferMatrix(path, matrix, truth)
 
 
-def _translation_data(run: RunDir, split: str, posed: bool = False) -> TranslationSet:
-    """The run's translation data for ``split``; ``posed``: it must have pose labels (a transfer ground truth)."""
+def _translation_data(config: Config, where: Path, split: str, posed: bool = False) -> TranslationSet:
+    """The translation data of the run at ``where`` for ``split``; ``posed``: it must have pose labels (a transfer ground truth)."""
     if split not in ("train", "test"):
         raise UserError(f"--split must be train or test, got {split!r}")
-    config = run.load_config()
     if config.model.arch != "translation":
-        raise UserError(f"{str(run.path)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
+        raise UserError(f"{str(where)!r} is a {config.model.arch} run; content transfer needs model.arch translation")
     data = load_translation_set(config.data, split)
     if posed and data.poses is None:
         raise UserError(f"dataset {config.data.name!r} has no pose labels: content transfer has no ground truth (use 'translate' for pictures)")
     return data
 
 
-def evaluate_transfer(run_dir: str | Path, pairs: int = 2000, split: str = "test", seed: int = 0, argv: list[str] | None = None) -> dict:
+def evaluate_transfer(run_dir: TrainedModel | str | Path, pairs: int = 2000, split: str = "test", seed: int = 0, argv: list[str] | None = None) -> dict:
     """Transfer error of a run's latest checkpoint on ``split`` (held-out classes for ``test``).
 
     Appends ``{"kind": "transfer", ...}`` to the run's metrics.jsonl, merges the values into
     metrics.json, writes ``transfer.json`` and the matrix ``transfer.png`` into the run directory;
     returns the nested errors with ``step`` and ``metrics`` (flat names) added.
     """
-    model = load_trained(run_dir)
-    data = _translation_data(model.run, split, posed=True)
-    errors = transfer_errors(model.encoder, model.decoder, data, pairs=pairs, seed=seed)
+    model = as_trained(run_dir)
+    if model.run_dir is None:
+        raise UserError(f"{str(model.checkpoint)!r} is a checkpoint file: evaluate its run directory, where the results are written")
+    data = _translation_data(model.config, model.run_dir, split, posed=True)
+    errors = transfer_errors(model.encoder, model.sampling_decoder, data, pairs=pairs, seed=seed)
     metrics = flat_metrics(errors, split)
-    run = model.run
+    run = RunDir(model.run_dir)
     run.log({"step": model.step, "kind": "transfer", "pairs": errors["pairs"], **metrics})
     final = json.loads(run.final_metrics_path.read_text()) if run.final_metrics_path.exists() else {"step": model.step}
     if final.get("step") == model.step:
         run.write_final_metrics({**final, **metrics})
     atomic_write_text(run.path / "transfer.json", json.dumps({"step": model.step, "split": split, **errors}, indent=2) + "\n")
-    translate(run_dir, split=split, seed=seed, out=run.path / "transfer.png")
+    translate(model, split=split, seed=seed, out=run.path / "transfer.png", data=data)
     if argv:
         run.record_command(argv)
     return {"step": model.step, "metrics": metrics, **errors}
@@ -310,19 +320,13 @@ def evaluate_transfer(run_dir: str | Path, pairs: int = 2000, split: str = "test
 # ---- transfer error over training: every kept checkpoint ------------------------------------------
 
 
-def _checkpoint_models(run: RunDir, config, shape: tuple[int, ...]):
-    """(step, encoder, decoder) for each kept checkpoint that loads, oldest first; corrupt ones are skipped with a warning."""
-    encoder, decoder = build_models(config.model, shape, 0)
+def _checkpoint_models(run: RunDir, config: Config):
+    """A :class:`TrainedModel` for each kept checkpoint that loads, oldest first; corrupt ones are skipped with a warning."""
     for path in run.checkpoints():
         try:
-            state = load_checkpoint(path)
-            encoder.load_state_dict(state["encoder"])
-            decoder.load_state_dict(state.get("decoder_ema", state["decoder"]))
-        except (CorruptCheckpoint, KeyError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            warn(f"skipping {path.name}: {reason[:160]}")
-            continue
-        yield int(state["step"]), encoder, decoder
+            yield TrainedModel.load(path, config)
+        except UserError as exc:
+            warn(f"skipping {path.name}: {str(exc)[:160]}")
 
 
 def transfer_curve(run_dir: str | Path, pairs: int = 1000, split: str = "test", seed: int = 0) -> dict:
@@ -331,15 +335,14 @@ def transfer_curve(run_dir: str | Path, pairs: int = 1000, split: str = "test", 
     ``transfer_curve.png`` (transfer and reconstruction MSE / SSIM against the two copy answers) into
     the run directory and returns the JSON's content."""
     run = RunDir.open(run_dir)
-    data = _translation_data(run, split, posed=True)
+    config = run.load_config()
+    data = _translation_data(config, run.path, split, posed=True)
     if not run.checkpoints():
         raise UserError(f"run directory {str(run.path)!r} has no checkpoint yet")
-    config = run.load_config()
     points = []
-    checkpoints = _checkpoint_models(run, config, tuple(data.images.shape[1:]))
-    for step, encoder, decoder in tqdm(checkpoints, total=len(run.checkpoints()), desc="transfer per checkpoint", leave=False):
-        errors = transfer_errors(encoder, decoder, data, pairs=pairs, seed=seed)
-        points.append({"step": step, **{k: errors[k] for k in ("transfer", "reconstruction", "copy_content", "copy_class", "latents")}})
+    for model in tqdm(_checkpoint_models(run, config), total=len(run.checkpoints()), desc="transfer per checkpoint", leave=False):
+        errors = transfer_errors(model.encoder, model.sampling_decoder, data, pairs=pairs, seed=seed)
+        points.append({"step": model.step, **{k: errors[k] for k in ("transfer", "reconstruction", "copy_content", "copy_class", "latents")}})
     if not points:
         raise UserError(f"no checkpoint of {str(run.path)!r} could be loaded")
     result = {"split": split, "pairs": pairs, "seed": seed, "method": config.method.name, "points": points}
@@ -415,9 +418,10 @@ def reproduce_translation(
     results = {}
     for i, method in enumerate(TRANSLATION_METHODS):
         path = Path(runs[i]) if runs else _train_or_reuse(preset, method, out / method, overrides or {}, experiment="translation")
-        found = evaluate_transfer(path, pairs=pairs, seed=seed)
-        matrix = translate(path, seed=seed, out=out / f"{method}_transfer.png")
-        config = RunDir.open(path).load_config()
+        model = as_trained(path)
+        found = evaluate_transfer(model, pairs=pairs, seed=seed)
+        matrix = translate(model, seed=seed, out=out / f"{method}_transfer.png")
+        config = model.config
         last = _last_train_record(path)
         results[method] = {
             "run": str(path),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ..errors import UserError
-from .base import Decoder, Encoder, LatentLayout, class_labels, decode_prior, forward, latents_of, num_classes_of
+from .base import Decoder, Encoder, LatentLayout, class_labels, decode_prior, eval_mode, forward, latents_of, num_classes_of
 from .mlp import MLPDecoder, MLPEncoder
 from .resnet import ResidualDecoder, ResidualEncoder, build_resnet
 from .style import StyleDecoder, StyleEncoder, build_style
@@ -64,6 +64,7 @@ __all__ = [
     "build_models",
     "class_labels",
     "decode_prior",
+    "eval_mode",
     "forward",
     "latents_of",
     "num_classes_of",

@@ -118,12 +118,32 @@ def class_labels(n: int, num_classes: int) -> Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
+class eval_mode:
+    """Put modules in eval mode (and no_grad) for a block, restoring their previous modes."""
+
+    def __init__(self, *modules: nn.Module):
+        self.modules = modules
+
+    def __enter__(self):
+        self.modes = [m.training for m in self.modules]
+        self.no_grad = torch.no_grad()
+        self.no_grad.__enter__()
+        for m in self.modules:
+            m.eval()
+
+    def __exit__(self, *exc):
+        for m, mode in zip(self.modules, self.modes):
+            m.train(mode)
+        self.no_grad.__exit__(*exc)
+
+
 __all__ = [
     "Decoder",
     "Encoder",
     "LatentLayout",
     "class_labels",
     "decode_prior",
+    "eval_mode",
     "forward",
     "latents_of",
     "num_classes_of",
