@@ -119,7 +119,7 @@ def _evaluate_transfer_curve(args) -> None:
 def cmd_translate(args) -> int:
     from .translation import translate
 
-    found = translate(args.run_dir, rows=args.rows, columns=args.columns, split=args.split, seed=args.seed, out=args.out)
+    found = translate(args.run_dir, rows=args.rows, columns=args.columns, split=args.split, seed=args.seed, out=args.out, images=args.images)
     print(found.path)
     return 0
 
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=4, help="content images, one per column (default 4)")
     p.add_argument("--split", default="test", help="test (held-out classes, default) or train")
     p.add_argument("--seed", type=int, default=0, help="seed for the images picked")
+    p.add_argument("--images", help="an .npz or a folder of images: the first ROWS give the classes, the next COLUMNS the contents (default: the run's dataset)")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/transfer_SPLIT_stepN.png)")
     p.set_defaults(func=cmd_translate)
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .data.rendered import TranslationSet
 from .data.translation import load_translation_set
 from .errors import UserError, warn
-from .pictures import as_trained
+from .pictures import as_trained, pick_images
 from .files import save_figure
 from .plots import tile_images  # importing plots selects the file-only Agg backend
 from .models import eval_mode, latents_of
@@ -255,23 +255,30 @@ def translate(
     seed: int = 0,
     out: str | Path | None = None,
     data: TranslationSet | None = None,
+    images: str | Path | Tensor | None = None,
 ) -> TransferMatrix:
     """Figure 7 for a run: class images down the left, content images across the top, transfers inside,
     beside the ground-truth matrix when the dataset has pose labels. Writes a PNG and returns it.
 
-    ``data``: the images to pick from (default: the run's dataset, ``split``)."""
+    The images come from ``data`` (default: the run's dataset, ``split``), or from ``images`` (an .npz,
+    a folder of images or a tensor): its first ``rows`` images give the classes, the next ``columns``
+    the contents (no ground truth then)."""
     model = as_trained(run_dir)
-    data = data if data is not None else _translation_data(model.config, model.run_dir or model.checkpoint, split)
-    class_index, content_index = pick_matrix_images(data, rows, columns, seed)
-    images = data.images.float().div(255)
-    class_images, content_images = images[class_index], images[content_index]
+    if images is not None:
+        picked, _ = pick_images(model, rows + columns, seed, images)
+        class_images, content_images = picked[:rows], picked[rows:]
+    else:
+        data = data if data is not None else _translation_data(model.config, model.run_dir or model.checkpoint, split)
+        class_index, content_index = pick_matrix_images(data, rows, columns, seed)
+        all_images = data.images.float().div(255)
+        class_images, content_images = all_images[class_index], all_images[content_index]
     matrix = transfer_matrix(model.encoder, model.sampling_decoder, class_images, content_images)
     panels = {"class (left) x content (top)": _bordered(matrix, class_images, content_images)}
     truth = None
-    if data.poses is not None:
+    if images is None and data.poses is not None:
         answer, known = data.ground_truth(class_index.repeat_interleave(columns), content_index.repeat(rows))
         if bool(known.all()):
-            truth = images[answer].view_as(matrix)
+            truth = all_images[answer].view_as(matrix)
             panels["ground truth"] = _bordered(truth, class_images, content_images)
     folder = model.run_dir if model.run_dir is not None else model.checkpoint.parent
     path = Path(out) if out else folder / "pictures" / f"transfer_{split}_step{model.step:07d}.png"
