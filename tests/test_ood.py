@@ -156,7 +156,7 @@ def test_reproduce_ood_scores_both_runs_on_the_available_out_sets(tmp_path, caps
 
 def test_reproduce_ood_trains_both_models_then_reuses_them(tmp_path):
     pytest.importorskip("sklearn")  # the digits out-set
-    from softintrovae.ood import reproduce_ood
+    from softintrovae.experiments.ood import reproduce_ood
 
     rng = np.random.default_rng(0)
     grey = tmp_path / "grey28.npz"

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from softintrovae.cli import main
-from softintrovae.reproduce import PAPER_TABLE2, _remaining_cost
+from softintrovae.experiments.toy2d import PAPER_TABLE2, _remaining_cost
 from softintrovae.sweep import Job
 
 from .conftest import TINY

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from softintrovae.cli import main
-from softintrovae.errors import UserError
-from softintrovae.sweep import PAPER_BETAS, aggregate, best_per_metric, expand_grid, paper_grid, parse_grid, sweep
+from softintrovae.errors import TrainingDiverged, UserError
+from softintrovae.sweep import PAPER_BETAS, aggregate, best_per_metric, expand_grid, paper_grid, parse_grid, sweep, train_or_resume
 
 from .conftest import TINY
 
@@ -79,6 +79,19 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
         assert row_again == pytest.approx(row)
     assert "Best (lowest mean) per metric" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,diverged,kl_mean")
+
+
+def test_a_diverged_training_leaves_its_reason_and_raises(tmp_path, monkeypatch):
+    from softintrovae import trainer
+
+    def diverging_train(source, out, overrides, argv):
+        out.mkdir()  # as a real training: the run directory exists before the first step
+        raise TrainingDiverged("non-finite loss at step 3")
+
+    monkeypatch.setattr(trainer, "train", diverging_train)
+    with pytest.raises(TrainingDiverged):
+        train_or_resume("vae-8gaussians", {}, tmp_path / "run", ["softintrovae", "(batch)", "vae-8gaussians"])
+    assert (tmp_path / "run" / "diverged.txt").read_text() == "non-finite loss at step 3\n"
 
 
 def test_sweep_cli_bad_grid_is_one_line(tmp_path, capsys):

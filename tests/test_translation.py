@@ -325,7 +325,7 @@ def test_translation_cli_end_to_end(small_benchmark, tmp_path, capsys):
     assert main(["translate", runs[1], "--split", "validation"]) == 2
     assert "--split must be train or test, got 'validation'" in capsys.readouterr().err
     assert main(["reproduce", "translation", "--seeds", "2"]) == 2
-    assert "--seeds does not apply to 'reproduce translation'" in capsys.readouterr().err
+    assert "--seeds applies to 'reproduce table2', 'reproduce stability' and 'reproduce collapse', not to 'reproduce translation'" in capsys.readouterr().err
 
 
 def test_transfer_curve_measures_every_kept_checkpoint_and_skips_a_corrupt_one(small_benchmark, tmp_path, capsys):
@@ -364,14 +364,22 @@ def test_transfer_curve_measures_every_kept_checkpoint_and_skips_a_corrupt_one(s
 
 
 def test_reproduce_trains_with_the_overrides_and_records_them(tmp_path, monkeypatch):
-    from softintrovae import ood, trainer
+    from softintrovae import trainer
+    from softintrovae.experiments.common import compared_runs
 
     trained = []
-    monkeypatch.setattr(trainer, "train", lambda preset, out, overrides, argv: trained.append((preset, overrides, argv)))
-    ood._train_or_reuse("translation-rendered-small", "soft-introvae", tmp_path / "soft", {"method.beta_rec": 2.0}, experiment="translation")
-    preset, overrides, argv = trained[0]
-    assert overrides == {"method.beta_rec": 2.0, "method.name": "soft-introvae"}
-    assert argv == ["softintrovae", "reproduce", "translation", "--set", "method.beta_rec=2.0"]  # command.txt repeats the run
+
+    def fake_train(preset, out, overrides, argv):
+        trained.append((preset, out, overrides, argv))
+        return trainer.RunResult(out, {})
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    paths = compared_runs(tmp_path, None, "translation-rendered-small", {"method.beta_rec": 2.0}, "translation")
+    assert paths == {"vae": tmp_path / "vae", "soft-introvae": tmp_path / "soft-introvae"}
+    for (preset, out, overrides, argv), method in zip(trained, ("vae", "soft-introvae")):
+        assert preset == "translation-rendered-small" and out == tmp_path / method
+        assert overrides == {"method.beta_rec": 2.0, "method.name": method}
+        assert argv == ["softintrovae", "reproduce", "translation", "--set", "method.beta_rec=2.0"]  # command.txt repeats the run
 
 
 # ---- the perceptual reconstruction loss -----------------------------------------------------------------------

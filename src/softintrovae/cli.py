@@ -18,6 +18,7 @@ from . import __version__
 from .config import load_presets, parse_override
 from .distributed import current_process
 from .errors import RunDirWriteError, RunWarning, TrainingDiverged, UserError
+from .experiments import EXPERIMENTS, check_flag, reproduce
 from .trainer import TrainingInterrupted, default_run_dir, evaluate, resume, train
 
 DEMO_PRESET = "demo"
@@ -160,69 +161,32 @@ def _csv_list(text: str | None, cast=str) -> list | None:
         raise UserError(f"{text!r} must be a comma-separated list of numbers") from None
 
 
+LIST_FLAGS = {"datasets": str, "methods": str, "margins": float}  # reproduce's comma-separated flags, by element type
+
+
 def cmd_reproduce(args) -> int:
-    from .reproduce import DEFAULT_SEEDS, report_paths, reproduce
-
-    experiment = args.experiment
-    if experiment == "ood":
-        return _reproduce_ood(args)
-    if experiment == "translation":
-        return _reproduce_translation(args)
-    if args.runs is not None:
-        raise UserError(f"--runs applies to 'reproduce ood', not to 'reproduce {experiment}'")
-    only = {"--datasets": (args.datasets, "table2"), "--methods": (args.methods, "table2"), "--margins": (args.margins, "stability")}
-    for flag, (value, allowed) in only.items():
-        if value is not None and experiment != allowed:
-            raise UserError(f"{flag} applies to 'reproduce {allowed}', not to 'reproduce {experiment}'")
-    out = Path(args.out or Path("runs") / "reproduce" / experiment)
-    kwargs = {
-        "out": out,
-        "seeds": DEFAULT_SEEDS[experiment] if args.seeds is None else args.seeds,
-        "iterations": args.iterations,
-        "workers": args.workers,
-        "overrides": _overrides(args.set),
-        "report_only": args.report_only,
-    }
-    if experiment == "table2":
-        kwargs.update(datasets=_csv_list(args.datasets), methods=_csv_list(args.methods))
-    if experiment == "stability":
-        kwargs["margins"] = _csv_list(args.margins, float)
-    action = "reporting from" if args.report_only else f"seeds x iterations = {kwargs['seeds']} x {args.iterations} into"
-    print(f"reproduce {experiment}: {action} {out} ...")
-    reproduce(experiment, **kwargs)
-    for path in report_paths(experiment, out):
-        print(f"{path.suffix[1:]:>4}: {path}")
-    print((out / f"{experiment}.md").read_text())
-    return 0
-
-
-def _reproduce_ood(args) -> int:
-    from .ood import reproduce_ood
-
-    ignored = [flag for flag, value in (("--datasets", args.datasets), ("--methods", args.methods), ("--margins", args.margins), ("--seeds", args.seeds)) if value is not None]
-    if ignored:
-        raise UserError(f"{ignored[0]} does not apply to 'reproduce ood'")
-    out = Path(args.out or Path("runs") / "reproduce" / "ood")
-    print(f"reproduce ood: {'scoring ' + ', '.join(args.runs) if args.runs else 'training or reusing the VAE and Soft-IntroVAE in ' + str(out)} ...")
-    reproduce_ood(out, runs=args.runs, overrides=_overrides(args.set), samples=args.samples, limit=args.limit)
-    print((out / "ood.md").read_text())
-    for path in (out / "ood.md", out / "ood.json", out / "vae" / "scores.png", out / "soft-introvae" / "scores.png"):
-        print(path)
-    return 0
-
-
-def _reproduce_translation(args) -> int:
-    from .translation import reproduce_translation
-
-    ignored = [flag for flag, value in (("--datasets", args.datasets), ("--methods", args.methods), ("--margins", args.margins), ("--seeds", args.seeds)) if value is not None]
-    if ignored:
-        raise UserError(f"{ignored[0]} does not apply to 'reproduce translation'")
-    out = Path(args.out or Path("runs") / "reproduce" / "translation")
-    print(f"reproduce translation: {'evaluating ' + ', '.join(args.runs) if args.runs else 'training or reusing the VAE and Soft-IntroVAE in ' + str(out)} ...")
-    reproduce_translation(out, runs=args.runs, overrides=_overrides(args.set))
-    print((out / "translation.md").read_text())
-    for path in (out / "translation.md", out / "translation.json", out / "vae_transfer.png", out / "soft-introvae_transfer.png"):
-        print(path)
+    name, experiment = args.experiment, EXPERIMENTS[args.experiment]
+    kwargs = {}
+    for flag in dict.fromkeys(flag for e in EXPERIMENTS.values() for flag in e.flags):
+        keyword = flag[2:].replace("-", "_")  # --report-only -> report_only: the experiment's keyword argument
+        value = getattr(args, keyword)
+        if value is not None:
+            check_flag(name, flag)
+            kwargs[keyword] = _csv_list(value, LIST_FLAGS[keyword]) if keyword in LIST_FLAGS else value
+    out = Path(args.out or experiment.defaults["out"])
+    kwargs.update(out=out, overrides=_overrides(args.set))
+    print(f"reproduce {name}: {experiment.plan(**{**experiment.defaults, **kwargs})} ...")
+    reproduce(name, **kwargs)
+    table = (out / experiment.report[0]).read_text()
+    files = [out / report for report in experiment.report if (out / report).exists()]
+    if experiment.files_first:
+        for path in files:
+            print(f"{path.suffix[1:]:>4}: {path}")
+        print(table)
+    else:
+        print(table)
+        for path in files:
+            print(path)
     return 0
 
 
@@ -314,20 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("reproduce", help="regenerate a result of the paper: table2, stability, collapse (2D), ood (Table 7) or translation (Table 4)")
-    p.add_argument("experiment", choices=["table2", "stability", "collapse", "ood", "translation"])
+    studies = ", ".join(f"{name} ({experiment.paper})" for name, experiment in EXPERIMENTS.items())
+    seeds = ", ".join(f"{name} {e.defaults['seeds']}" for name, e in EXPERIMENTS.items() if "seeds" in e.defaults)
+    ood, toy2d = EXPERIMENTS["ood"].defaults, EXPERIMENTS["table2"].defaults
+    p = sub.add_parser("reproduce", help=f"regenerate a result of the paper: {studies}")
+    p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--runs", nargs=2, metavar=("VAE_RUN", "SOFT_RUN"), help="ood, translation: use these finished runs instead of training")
-    p.add_argument("--samples", type=int, default=5, help="ood: importance samples M (default 5)")
-    p.add_argument("--limit", type=int, default=2000, help="ood: images per set at most (default 2000)")
-    p.add_argument("--seeds", type=int, help="seeds per setting (default: table2 5, stability 3, collapse 3)")
-    p.add_argument("--iterations", type=int, default=30000, help="training iterations per run (paper: 30000)")
+    p.add_argument("--samples", type=int, help=f"ood: importance samples M (default {ood['samples']})")
+    p.add_argument("--limit", type=int, help=f"ood: images per set at most (default {ood['limit']})")
+    p.add_argument("--seeds", type=int, help=f"seeds per setting (default: {seeds})")
+    p.add_argument("--iterations", type=int, help=f"training iterations per run (paper: {toy2d['iterations']})")
     p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings")
     p.add_argument("--methods", help="table2: comma-separated subset of vae,introvae,soft-introvae")
     p.add_argument("--margins", help="stability: comma-separated IntroVAE margins (default 1,2,...,10)")
     p.add_argument("--workers", type=int, help="parallel runs, one torch thread each (default: CPU count)")
     p.add_argument("--out", help="experiment directory (default: runs/reproduce/EXPERIMENT); reuse it to continue")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
-    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures from finished runs")
+    p.add_argument("--report-only", action="store_true", default=None, help="only rebuild the tables and figures from finished runs")
     p.set_defaults(func=cmd_reproduce)
 
     for name, help_text, n in (

@@ -175,111 +175,11 @@ def ood_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ---- reproduce ood: Table 7 on this machine ------------------------------------------------------
-
-# Paper Table 7 (AUROC by the ELBO, mean of 3 seeds): (in, out) -> (VAE, Soft-IntroVAE)
-PAPER_TABLE7 = {
-    ("mnist", "fashion-mnist"): (0.992, 0.999),
-    ("fashion-mnist", "mnist"): (0.996, 0.999),
-    ("cifar10", "svhn"): (0.378, 0.9987),
-    ("svhn", "cifar10"): (0.936, 0.966),
-}
-OOD_METHODS = ("vae", "soft-introvae")
-OOD_CANDIDATES = ("digits", "mnist")  # 28x28 grey out-sets for a Fashion-MNIST model, used when present
-
-
-def _train_or_reuse(preset: str, method: str, path: Path, overrides: dict, experiment: str = "ood") -> Path:
-    """A finished run at ``path`` is reused, an unfinished one resumed, a missing one trained
-    (``experiment`` names the reproduction in the run's command.txt)."""
-    from .sweep import finished_metrics
-    from .trainer import Trainer, train
-
-    if (path / "config.yaml").exists():
-        if finished_metrics(path) is None:
-            trainer = Trainer.resume(path)
-            trainer.run.record_command(["softintrovae", "reproduce", experiment, "(resumed)"])
-            trainer.fit()
-        return path
-    sets = [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
-    train(preset, out=path, overrides={**overrides, "method.name": method}, argv=["softintrovae", "reproduce", experiment, *sets])
-    return path
-
-
-def available_out_sets(image_shape: tuple[int, ...], candidates: tuple[str, ...] = OOD_CANDIDATES) -> tuple[list[str], list[str]]:
-    """(out-sets that load on this machine with the model's image shape, notes on those skipped)."""
-    found, skipped = [], []
-    for name in candidates:
-        try:
-            load_scored_images(DatasetSpec(name), "train", image_shape, limit=2, seed=0)
-        except UserError as exc:
-            skipped.append(f"{name}: {exc}")
-            continue
-        found.append(name)
-    return found, skipped
-
-
-def reproduce_ood(
-    out: str | Path,
-    runs: list[str] | None = None,
-    preset: str = "fashion-mnist-small",
-    overrides: dict | None = None,
-    samples: int = 5,
-    limit: int = 2000,
-    progress: bool = True,
-) -> dict:
-    """Table 7 on this machine: a β-VAE and a Soft-IntroVAE with the same preset and budget (trained
-    into OUT/vae and OUT/soft-introvae, or ``runs`` = [VAE run, Soft-IntroVAE run] reused), scored on
-    every available out-set; writes OUT/ood.md and OUT/ood.json, histograms in OUT/<method>/."""
-    out = Path(out)
-    if runs is not None and len(runs) != 2:
-        raise UserError(f"--runs takes two run directories, the VAE's then the Soft-IntroVAE's; got {len(runs)}")
-    paths = {}
-    for i, method in enumerate(OOD_METHODS):
-        paths[method] = Path(runs[i]) if runs else _train_or_reuse(preset, method, out / method, overrides or {})
-    results = {}
-    for method, path in paths.items():
-        model = as_trained(path)
-        found, skipped = available_out_sets(model.input_shape)
-        if not found:
-            raise UserError(f"no out-of-distribution dataset loads on this machine ({'; '.join(skipped)})")
-        results[method] = run_ood(model, found, score="elbo", samples=samples, limit=limit, report_dir=out / method, progress=progress)
-        results[method]["skipped"] = skipped
-    atomic_write_text(out / "ood.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(out / "ood.md", table7_markdown(results))
-    return results
-
-
-def table7_markdown(results: dict) -> str:
-    vae, soft = (results[m] for m in OOD_METHODS)
-    in_name = DatasetSpec.parse(soft["in"]).name
-    lines = [
-        f"AUROC of {soft['reference']} against each out-set; ELBO (β = 1) and importance-weighted log p(x) "
-        f"with M = {soft['samples']}; up to {max(soft['counts'].values())} images per set. Paper: Table 7, by the ELBO, mean of 3 seeds.",
-        "",
-        "| in | out | VAE (ELBO) | Soft-IntroVAE (ELBO) | VAE (IW) | Soft-IntroVAE (IW) | paper VAE | paper Soft-IntroVAE |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for out_set in soft["auroc"]:
-        paper = PAPER_TABLE7.get((in_name, out_set))
-        paper_cells = [f"{v:.4g}" for v in paper] if paper else ["–", "–"]
-        cells = [f"{r['auroc_by_score'][score][out_set]:.4f}" for score in ("elbo", "iw") for r in (vae, soft)]
-        lines.append(f"| {in_name} | {out_set} | " + " | ".join(cells + paper_cells) + " |")
-    skipped = sorted(set(vae.get("skipped", []) + soft.get("skipped", [])))
-    if skipped:
-        lines += ["", "Out-sets not available here: " + "; ".join(skipped) + "."]
-    lines += ["", f"Runs: VAE `{vae['run']}` (step {vae['step']}), Soft-IntroVAE `{soft['run']}` (step {soft['step']})."]
-    return "\n".join(lines) + "\n"
-
-
 __all__ = [
     "DatasetSpec",
-    "PAPER_TABLE7",
     "auroc",
-    "available_out_sets",
     "load_scored_images",
     "ood_markdown",
-    "reproduce_ood",
     "roc_curve",
     "run_ood",
-    "table7_markdown",
 ]

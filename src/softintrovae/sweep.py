@@ -115,28 +115,37 @@ def finished_metrics(path: str | Path) -> dict[str, float] | None:
     return metrics if metrics.get("step") == total else None
 
 
-def _train_one(source: str, overrides: dict[str, Any], path: str) -> dict[str, float] | None:
-    """Train, resume or skip one run (in a worker process with one torch thread); None if it diverged."""
-    import torch
+def train_or_resume(source: str, overrides: dict[str, Any], path: str | Path, command: Sequence[str]) -> dict[str, float]:
+    """Skip the run at ``path`` if it finished, resume it from its latest checkpoint if not, train it
+    from ``source`` and ``overrides`` if it does not exist yet; its final metrics (with ``step``).
 
-    from .trainer import Trainer, train
+    ``command`` goes into the run's command.txt, followed by ``(resumed)`` when the run is resumed.
+    A diverged training leaves its reason in ``diverged.txt`` and raises :class:`TrainingDiverged`.
+    """
+    from .trainer import Trainer, train  # the trainer loads models and data: imported only to train
 
-    torch.set_num_threads(1)
     run_dir = Path(path)
     try:
         if (run_dir / "config.yaml").exists():
             done = finished_metrics(run_dir)
             if done is not None:
-                return done  # finished: skip
+                return done
             trainer = Trainer.resume(run_dir)
-            trainer.run.record_command(["softintrovae", "(resumed)", source])
+            trainer.run.record_command([*command, "(resumed)"])
             metrics = trainer.fit()
             return {"step": trainer.step, **metrics}
-        result = train(source, out=run_dir, overrides=overrides, argv=["softintrovae", "(batch)", source])
+        result = train(source, out=run_dir, overrides=overrides, argv=list(command))
         return {"step": load_config(source, overrides).train.steps, **result.metrics}
     except TrainingDiverged as exc:
         (run_dir / "diverged.txt").write_text(str(exc) + "\n")
-        return None
+        raise
+
+
+def _one_torch_thread() -> None:
+    """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def default_workers(jobs: int) -> int:
@@ -149,13 +158,18 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
         raise UserError(f"--workers must be >= 1, got {workers}")
     results: list[dict[str, float] | None] = [None] * len(jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=context) as pool, tqdm(
-        total=len(jobs), desc=desc, unit="run", dynamic_ncols=True
-    ) as progress:
-        futures = {pool.submit(_train_one, j.source, j.overrides, str(j.path)): i for i, j in enumerate(jobs)}
+    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_one_torch_thread)
+    with pool, tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True) as progress:
+        futures = {
+            pool.submit(train_or_resume, j.source, j.overrides, j.path, ["softintrovae", "(batch)", j.source]): i
+            for i, j in enumerate(jobs)
+        }
         for future in as_completed(futures):
             i = futures[future]
-            results[i] = future.result()
+            try:
+                results[i] = future.result()
+            except TrainingDiverged:
+                results[i] = None  # its reason is in the run's diverged.txt
             progress.update(1)
             shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k not in NOT_METRICS][:3]
             outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
@@ -267,4 +281,4 @@ def sweep(
     return table
 
 
-__all__ = ["Job", "aggregate", "best_per_metric", "expand_grid", "finished_metrics", "paper_grid", "parse_grid", "run_jobs", "sweep"]
+__all__ = ["Job", "aggregate", "best_per_metric", "expand_grid", "finished_metrics", "paper_grid", "parse_grid", "run_jobs", "sweep", "train_or_resume"]

@@ -1,5 +1,5 @@
-"""One command per result of the paper's 2D study (§6.1): Table 2 with Figure 2, the IntroVAE
-margin study (Figure 3) and posterior collapse (Figure 21).
+"""The paper's 2D study (§6.1): Table 2 with Figure 2, the IntroVAE margin study (Figure 3) and
+posterior collapse (Figure 21), one function (and one ``softintrovae reproduce NAME``) each.
 
 An experiment is a set of normal run directories under one output directory, trained by the sweep
 machinery (worker processes, one torch thread each): re-running the command skips finished runs
@@ -9,7 +9,6 @@ and resumes unfinished ones, and ``report_only`` only re-reads what is there. Th
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,17 +18,18 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .config import load_config
-from .errors import UserError
-from .evaluation import load_final_arrays
-from .plots import plot_collapse, plot_method_grid, plot_stability
-from .rundir import RunDir, atomic_write_text
-from .sweep import Job, aggregate, default_workers, finished_metrics, run_jobs
+from ..config import load_config
+from ..errors import UserError
+from ..evaluation import load_final_arrays
+from ..plots import plot_collapse, plot_method_grid, plot_stability
+from ..rundir import RunDir, atomic_write_text
+from ..sweep import Job, aggregate, default_workers, run_jobs
+from .common import finished_metrics, markdown_table, mean_std, train_log, write_csv, write_markdown
 
 DATASETS = ("8gaussians", "spiral", "checkerboard", "rings")
 METHODS = ("vae", "introvae", "soft-introvae")
 MARGINS = tuple(float(m) for m in range(1, 11))
-EXPERIMENTS = ("table2", "stability", "collapse")
+ITERATIONS = 30000  # per run, as in the paper
 DEFAULT_SEEDS = {"table2": 5, "stability": 3, "collapse": 3}
 
 # Paper Table 2, mean over 5 seeds: gnELBO (×1e-7), KL, JSD (the official code's definition).
@@ -143,12 +143,6 @@ def _wall_minutes(path: Path, metrics: dict[str, float]) -> float:
     return json.loads(sidecar.read_text())["minutes"]
 
 
-def _fmt(row: dict[str, Any], metric: str, scale: float = 1.0) -> str:
-    if f"{metric}_mean" not in row:
-        return "–"
-    return f"{row[f'{metric}_mean'] * scale:.3g} ± {row[f'{metric}_std'] * scale:.2g}"
-
-
 def _summarize(collected: list[tuple[Job, dict[str, float] | None]], keys: list[str]) -> list[dict[str, Any]]:
     rows = []
     for job, metrics in collected:
@@ -158,12 +152,13 @@ def _summarize(collected: list[tuple[Job, dict[str, float] | None]], keys: list[
     return aggregate(rows)
 
 
-def _write_csv(path: Path, table: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in table for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(table)
+def _seeds(row: dict[str, Any]) -> str:
+    """The finished runs of a row, and how many diverged if any did."""
+    return f"{row['runs']} ({row['diverged']} diverged)" if row.get("diverged") else str(row["runs"])
+
+
+def _value(row: dict[str, Any], key: str) -> str:
+    return f"{row[key]:.3g}" if key in row else "–"
 
 
 def _first_arrays(collected: list[tuple[Job, dict[str, float] | None]], match: dict[str, Any]) -> dict | None:
@@ -172,7 +167,7 @@ def _first_arrays(collected: list[tuple[Job, dict[str, float] | None]], match: d
         if metrics is not None and all(job.label[k] == v for k, v in match.items()):
             arrays = load_final_arrays(job.path)
             if arrays is None and RunDir(job.path).latest_checkpoint() is not None:
-                from .trainer import evaluate  # runs from before final_eval.npz existed: re-evaluate
+                from ..trainer import evaluate  # runs from before final_eval.npz existed: re-evaluate
 
                 evaluate(job.path, argv=["softintrovae", "reproduce", "(figure)"])
                 arrays = load_final_arrays(job.path)
@@ -198,7 +193,7 @@ def _header(settings: Settings, title: str, collected: list) -> list[str]:
 def table2(
     out: str | Path = "runs/reproduce/table2",
     seeds: int = DEFAULT_SEEDS["table2"],
-    iterations: int = 30000,
+    iterations: int = ITERATIONS,
     datasets: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     workers: int | None = None,
@@ -217,25 +212,23 @@ def table2(
     for row in table:
         paper = PAPER_TABLE2[row["dataset"]][row["method"]]
         row["paper_gnelbo_1e7"], row["paper_kl"], row["paper_jsd"] = paper
-    _write_csv(settings.out / "table2.csv", table)
+    write_csv(settings.out / "table2.csv", table)
 
     lines = _header(settings, "Table 2: VAE, IntroVAE and Soft-IntroVAE on the 2D datasets", collected)
     lines += [
         "Ours: mean ± std over seeds; paper: mean over 5 seeds. gnELBO in 1e-7; JSD is the paper's definition "
         "(½[KL(M‖P) + KL(M‖Q)] on histograms), the textbook JSD beside it. Lower is better for all.",
         "",
-        "| dataset | method | seeds | gnELBO | paper | KL | paper | JSD | paper | textbook JSD | min/run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in table:
-        paper = PAPER_TABLE2[row["dataset"]][row["method"]]
-        diverged = f" ({row['diverged']} diverged)" if row.get("diverged") else ""
-        lines.append(
-            f"| {row['dataset']} | {row['method']} | {row['runs']}{diverged} | {_fmt(row, 'gnelbo', 1e7)} | {paper[0]} "
-            f"| {_fmt(row, 'kl')} | {paper[1]} | {_fmt(row, 'jsd_official')} | {paper[2]} | {_fmt(row, 'jsd_textbook')} "
-            f"| {_fmt(row, 'wall_minutes')} |"
-        )
-    atomic_write_text(settings.out / "table2.md", "\n".join(lines) + "\n")
+    lines += markdown_table(
+        ["dataset", "method", "seeds", "gnELBO", "paper", "KL", "paper", "JSD", "paper", "textbook JSD", "min/run"],
+        [
+            [row["dataset"], row["method"], _seeds(row), mean_std(row, "gnelbo", 1e7), row["paper_gnelbo_1e7"], mean_std(row, "kl"),
+             row["paper_kl"], mean_std(row, "jsd_official"), row["paper_jsd"], mean_std(row, "jsd_textbook"), mean_std(row, "wall_minutes")]
+            for row in table
+        ],
+    )  # fmt: skip
+    write_markdown(settings.out / "table2.md", lines)
 
     cells = {(m, d): _first_arrays(collected, {"dataset": d, "method": m}) for d in datasets for m in methods}
     cells = {k: v for k, v in cells.items() if v is not None}
@@ -249,7 +242,7 @@ def table2(
 def stability(
     out: str | Path = "runs/reproduce/stability",
     seeds: int = DEFAULT_SEEDS["stability"],
-    iterations: int = 30000,
+    iterations: int = ITERATIONS,
     margins: Sequence[float] | None = None,
     workers: int | None = None,
     overrides: dict[str, Any] | None = None,
@@ -271,22 +264,22 @@ def stability(
         ]
     collected = settings.execute(jobs)
     table = _summarize(collected, ["method", "margin"])
-    _write_csv(settings.out / "stability.csv", table)
+    write_csv(settings.out / "stability.csv", table)
 
     lines = _header(settings, "Figure 3: IntroVAE's sensitivity to the margin m on 8 Gaussians", collected)
     lines += [
         f"IntroVAE: β_rec {intro.beta_rec}, β_kl {intro.beta_kl}, β_neg {intro.beta_neg} (Table 5) with m swept; "
         "Soft-IntroVAE: the same β's, no margin. JSD is the paper's definition.",
         "",
-        "| method | m | seeds | KL | JSD | gnELBO (1e-7) | min/run |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in table:
-        diverged = f" ({row['diverged']} diverged)" if row.get("diverged") else ""
-        lines.append(
-            f"| {row['method']} | {row['margin']} | {row['runs']}{diverged} | {_fmt(row, 'kl')} | {_fmt(row, 'jsd_official')} "
-            f"| {_fmt(row, 'gnelbo', 1e7)} | {_fmt(row, 'wall_minutes')} |"
-        )
+    lines += markdown_table(
+        ["method", "m", "seeds", "KL", "JSD", "gnELBO (1e-7)", "min/run"],
+        [
+            [row["method"], row["margin"], _seeds(row), mean_std(row, "kl"), mean_std(row, "jsd_official"),
+             mean_std(row, "gnelbo", 1e7), mean_std(row, "wall_minutes")]
+            for row in table
+        ],
+    )  # fmt: skip
     intro_rows = [r for r in table if r["method"] == "introvae" and "kl_mean" in r]
     soft_rows = [r for r in table if r["method"] == "soft-introvae" and "kl_mean" in r]
     if intro_rows and soft_rows:
@@ -299,7 +292,7 @@ def stability(
         plot_stability(margins_done, curves, flat, settings.out / "stability.png", f"8 Gaussians, {iterations} iterations")
         spread = {name: float(c[:, 0].max() - c[:, 0].min()) for name, c in curves.items()}
         lines += ["", f"IntroVAE's range over m: KL {spread['KL']:.3g}, JSD {spread['JSD']:.3g}."]
-    atomic_write_text(settings.out / "stability.md", "\n".join(lines) + "\n")
+    write_markdown(settings.out / "stability.md", lines)
     return table
 
 
@@ -308,10 +301,7 @@ def stability(
 
 def _kl_curve(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Mean over runs of the logged KL of real data, on the steps all runs logged."""
-    curves = []
-    for path in paths:
-        records = [r for r in RunDir(path).read_log() if r.get("kind") == "train" and "kl" in r]
-        curves.append({r["step"]: r["kl"] for r in records})
+    curves = [{r["step"]: r["kl"] for r in train_log(path) if "kl" in r} for path in paths]
     steps = sorted(set.intersection(*(set(c) for c in curves)))
     return np.array(steps), np.array([np.mean([c[s] for c in curves]) for s in steps])
 
@@ -319,7 +309,7 @@ def _kl_curve(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 def collapse(
     out: str | Path = "runs/reproduce/collapse",
     seeds: int = DEFAULT_SEEDS["collapse"],
-    iterations: int = 30000,
+    iterations: int = ITERATIONS,
     workers: int | None = None,
     overrides: dict[str, Any] | None = None,
     report_only: bool = False,
@@ -340,7 +330,7 @@ def collapse(
             row["kl_real_last"] = float(kl[-1])
             tail = kl[steps > steps[-1] * 0.9] if len(steps) > 1 else kl
             row["kl_real_last10pct"] = float(tail.mean())
-    _write_csv(settings.out / "collapse.csv", table)
+    write_csv(settings.out / "collapse.csv", table)
 
     warmup = load_config("soft-introvae-8gaussians", {**settings.overrides, "train.steps": iterations}).method.vae_warmup_steps
     lines = _header(settings, "Figure 21: posterior collapse on 8 Gaussians (β_kl 1.0, β_rec 0.5)", collected)
@@ -349,36 +339,24 @@ def collapse(
         "'KL of real data' is the batch-mean KL(q(z|x) ‖ N(0, I)) logged during training, averaged over seeds; "
         "the final histogram KL / JSD compare samples with data.",
         "",
-        "| method | seeds | KL of real data, last logged | mean over the last 10% | histogram KL | JSD | min/run |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in table:
-        last = f"{row['kl_real_last']:.3g}" if "kl_real_last" in row else "–"
-        tail = f"{row['kl_real_last10pct']:.3g}" if "kl_real_last10pct" in row else "–"
-        lines.append(
-            f"| {row['method']} | {row['runs']} | {last} | {tail} | {_fmt(row, 'kl')} | {_fmt(row, 'jsd_official')} | {_fmt(row, 'wall_minutes')} |"
-        )
-    atomic_write_text(settings.out / "collapse.md", "\n".join(lines) + "\n")
+    lines += markdown_table(
+        ["method", "seeds", "KL of real data, last logged", "mean over the last 10%", "histogram KL", "JSD", "min/run"],
+        [
+            [row["method"], row["runs"], _value(row, "kl_real_last"), _value(row, "kl_real_last10pct"), mean_std(row, "kl"),
+             mean_std(row, "jsd_official"), mean_std(row, "wall_minutes")]
+            for row in table
+        ],
+    )  # fmt: skip
+    write_markdown(settings.out / "collapse.md", lines)
     samples = {m: a for m in curves if (a := _first_arrays(collected, {"method": m})) is not None}
     plot_collapse(curves, samples, warmup, settings.out / "collapse.png", f"Posterior collapse, 8 Gaussians, {iterations} iterations")
     return table
 
 
-def reproduce(experiment: str, **kwargs: Any) -> list[dict[str, Any]]:
-    """Run (or finish, or only report) one experiment by name; see :data:`EXPERIMENTS`."""
-    functions = {"table2": table2, "stability": stability, "collapse": collapse}
-    if experiment not in functions:
-        raise UserError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-    return functions[experiment](**kwargs)
+def plan(out: str | Path, seeds: int, iterations: int = ITERATIONS, report_only: bool = False, **_: Any) -> str:
+    """What a call of table2, stability or collapse with these arguments will do, in one line."""
+    return f"reporting from {out}" if report_only else f"seeds x iterations = {seeds} x {iterations} into {out}"
 
 
-FIGURES = {"table2": "figure2.png", "stability": "stability.png", "collapse": "collapse.png"}
-
-
-def report_paths(experiment: str, out: Path) -> list[Path]:
-    """The report files an experiment wrote into ``out``: its table as Markdown and CSV, and its figure."""
-    names = [f"{experiment}.md", f"{experiment}.csv", FIGURES[experiment]]
-    return [out / n for n in names if (out / n).exists()]
-
-
-__all__ = ["DATASETS", "EXPERIMENTS", "METHODS", "PAPER_TABLE2", "collapse", "reproduce", "stability", "table2"]
+__all__ = ["DATASETS", "DEFAULT_SEEDS", "ITERATIONS", "METHODS", "PAPER_TABLE2", "collapse", "plan", "stability", "table2"]
