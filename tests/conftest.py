@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -20,11 +25,6 @@ def tiny_overrides(**extra) -> dict:
     return {**TINY, **{k.replace("__", "."): v for k, v in extra.items()}}
 
 
-@pytest.fixture
-def tiny():
-    return tiny_overrides
-
-
 @pytest.fixture(scope="module")
 def single_thread():
     """For modules of tiny tensors: a second intra-op thread only adds synchronisation (and waits on a busy CPU)."""
@@ -32,3 +32,63 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---- tiny image runs ------------------------------------------------------------------------------
+
+IMAGES = 40  # 5 steps per epoch at batch 8
+
+
+@pytest.fixture
+def npz(tmp_path):
+    """40 random 8x8 RGB images with labels 0..9, as an .npz."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "images.npz"
+    np.savez(path, images=rng.integers(0, 256, (IMAGES, 8, 8, 3), dtype=np.uint8), labels=rng.integers(0, 10, IMAGES))
+    return path
+
+
+def tiny_image(npz, **extra) -> dict:
+    """Overrides of the npz preset for a residual model that trains in a second on ``npz``."""
+    return {
+        "data.root": str(npz),
+        "data.batch_size": 8,
+        "model.channels": [4, 8],
+        "model.z_dim": 4,
+        "method.vae_warmup_steps": 3,
+        "train.epochs": 0,  # count train.steps (the npz preset counts epochs)
+        "train.progress": False,
+        "train.eval_every": 0,
+        **{k.replace("__", "."): v for k, v in extra.items()},
+    }
+
+
+def as_cli_sets(overrides: dict) -> list[str]:
+    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value) if isinstance(value, list) else value}")]
+
+
+# ---- IDX files (MNIST's format) ---------------------------------------------------------------------
+
+IDX_TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of ``array``: magic (0, 0, type code, ndim), big-endian dims, big-endian data."""
+    magic = bytes([0, 0, IDX_TYPE_CODES[array.dtype.type], array.ndim])
+    dims = np.array(array.shape, dtype=">u4").tobytes()
+    return magic + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def write_mnist_files(root: Path, prefix: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, count, dtype=np.uint8)
+    write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return images, labels

@@ -21,7 +21,7 @@ from softintrovae.cli import main
 from softintrovae.rundir import RunDir
 
 from .conftest import TINY
-from .test_images_data import write_mnist_files
+from .conftest import write_mnist_files
 
 SETS = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
 IMAGE_SETS = ["--set", "data.batch_size=4", "--set", "model.channels=[4]", "--set", "model.z_dim=2", "--set", "train.epochs=0",

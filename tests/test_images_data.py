@@ -25,32 +25,9 @@ from softintrovae.data.images import (
 )
 from softintrovae.errors import UserError
 
+from .conftest import idx_bytes, write_idx, write_mnist_files
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """The IDX encoding of ``array``: magic (0, 0, type code, ndim), big-endian dims, big-endian data."""
-    magic = bytes([0, 0, IDX_TYPE_CODES[array.dtype.type], array.ndim])
-    dims = np.array(array.shape, dtype=">u4").tobytes()
-    return magic + dims + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
-    data = idx_bytes(array)
-    path.write_bytes(gzip.compress(data) if compress else data)
-    return path
-
-
-def write_mnist_files(root: Path, prefix: str, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, count, dtype=np.uint8)
-    write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
-    write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    return images, labels
-
-
 # --- IDX files ------------------------------------------------------------------------------------
 
 

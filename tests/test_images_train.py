@@ -19,38 +19,13 @@ from softintrovae.checkpoint import load_checkpoint
 from softintrovae.rundir import RunDir
 from softintrovae.trainer import Trainer, resume, train
 
-IMAGES = 40  # 5 steps per epoch at batch 8
+from .conftest import IMAGES, as_cli_sets, tiny_image
 
-
-@pytest.fixture
-def npz(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "images.npz"
-    np.savez(path, images=rng.integers(0, 256, (IMAGES, 8, 8, 3), dtype=np.uint8), labels=rng.integers(0, 10, IMAGES))
-    return path
-
-
-def tiny(npz, **extra) -> dict:
-    return {
-        "data.root": str(npz),
-        "data.batch_size": 8,
-        "model.channels": [4, 8],
-        "model.z_dim": 4,
-        "method.vae_warmup_steps": 3,
-        "train.epochs": 0,  # count train.steps (the npz preset counts epochs)
-        "train.progress": False,
-        "train.eval_every": 0,
-        **{k.replace("__", "."): v for k, v in extra.items()},
-    }
-
-
-def as_cli_sets(overrides: dict) -> list[str]:
-    return [arg for key, value in overrides.items() for arg in ("--set", f"{key}={json.dumps(value) if isinstance(value, list) else value}")]
 
 
 def test_cli_trains_an_image_run_with_grids_and_metrics(npz, tmp_path):
     out = tmp_path / "run"
-    sets = as_cli_sets(tiny(npz, train__steps=6, train__eval_every=4, train__log_every=2))
+    sets = as_cli_sets(tiny_image(npz, train__steps=6, train__eval_every=4, train__log_every=2))
     assert main(["train", "npz", "--out", str(out), *sets]) == 0
     for name in ("reconstructions.png", "samples.png", "plots/reconstructions_step0000004.png", "plots/samples_step0000004.png"):
         assert (out / name).is_file(), name
@@ -64,7 +39,7 @@ def test_cli_trains_an_image_run_with_grids_and_metrics(npz, tmp_path):
 
 
 def test_resume_after_an_interruption_is_bit_identical(npz, tmp_path):
-    overrides = tiny(npz, train__checkpoint_every=4)
+    overrides = tiny_image(npz, train__checkpoint_every=4)
     train("npz", out=tmp_path / "full", overrides={**overrides, "train.steps": 10})
     train("npz", out=tmp_path / "cut", overrides={**overrides, "train.steps": 7})
     run = RunDir(tmp_path / "cut")
@@ -79,14 +54,14 @@ def test_resume_after_an_interruption_is_bit_identical(npz, tmp_path):
 
 
 def test_epochs_resolve_to_steps_of_the_data_stream(npz, tmp_path):
-    config = load_config("npz", tiny(npz, train__epochs=2, method__vae_warmup_epochs=1))
+    config = load_config("npz", tiny_image(npz, train__epochs=2, method__vae_warmup_epochs=1))
     trainer = Trainer(config, None)
     assert trainer.data.steps_per_epoch == 5
     assert trainer.total_steps == 10
     assert trainer.method.in_warmup(4) and not trainer.method.in_warmup(5)
     assert config.train.steps == 30000 and config.method.vae_warmup_steps == 3  # the config stays as given
 
-    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__epochs=1))
+    result = train("npz", out=tmp_path / "run", overrides=tiny_image(npz, train__epochs=1))
     assert json.loads((result.run_dir / "metrics.json").read_text())["step"] == 5
     saved = RunDir(result.run_dir).load_config()
     assert saved.train.epochs == 1 and saved.train.steps == 30000
@@ -100,7 +75,7 @@ def test_epochs_resolve_to_steps_of_the_data_stream(npz, tmp_path):
 def test_a_run_counted_in_epochs_is_finished_only_at_its_last_epoch(npz, tmp_path):
     from softintrovae.sweep import finished_metrics
 
-    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__epochs=1))
+    result = train("npz", out=tmp_path / "run", overrides=tiny_image(npz, train__epochs=1))
     assert finished_metrics(result.run_dir)["total_steps"] == 5
     trainer = Trainer.resume(result.run_dir, {"train.epochs": 2})  # extended: its old final metrics no longer hold
     assert finished_metrics(result.run_dir) is None
@@ -110,7 +85,7 @@ def test_a_run_counted_in_epochs_is_finished_only_at_its_last_epoch(npz, tmp_pat
 
 def test_missing_npz_is_one_line_and_exit_2(tmp_path, capsys):
     out = tmp_path / "run"
-    sets = as_cli_sets(tiny(tmp_path / "absent.npz", train__steps=2))
+    sets = as_cli_sets(tiny_image(tmp_path / "absent.npz", train__steps=2))
     capsys.readouterr()
     assert main(["train", "npz", "--out", str(out), *sets]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -151,7 +126,7 @@ def test_fid_and_kid_when_the_dataset_has_a_feature_net(npz, tmp_path, monkeypat
     train_feature_net(images, labels, tmp_path / "nets" / "npz.pt", epochs=1, batch_size=16, progress=False)
     monkeypatch.setenv(FEATURE_NETS_ENV, str(tmp_path / "nets"))
     monkeypatch.setattr(fid, "DEFAULT_CACHE_DIR", tmp_path / "cache")
-    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__steps=2, eval__fid_samples=16))
+    result = train("npz", out=tmp_path / "run", overrides=tiny_image(npz, train__steps=2, eval__fid_samples=16))
     for name in ("fid16_train_npznet", "kid16_train_npznet", "kid16_train_npznet_std"):
         assert math.isfinite(result.metrics[name]), name
     assert list((tmp_path / "cache").glob("npz_train-n40-npznet-*.pt"))

@@ -16,7 +16,7 @@ from softintrovae.likelihood import bits_per_dim, decoder_log_likelihood, score_
 from softintrovae.ood import auroc
 from softintrovae.trainer import train
 
-from .test_images_train import npz, tiny  # noqa: F401  (npz is a fixture)
+from .conftest import tiny_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -107,7 +107,7 @@ def test_auroc_of_separable_and_identical_scores():
 
 
 def test_ood_cli_end_to_end(npz, tmp_path, capsys):
-    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__steps=4))
+    result = train("npz", out=tmp_path / "run", overrides=tiny_image(npz, train__steps=4))
     other = tmp_path / "other.npz"
     np.savez(other, images=np.full((30, 8, 8, 3), 255, dtype=np.uint8))  # all-white images
     report = tmp_path / "report"
@@ -121,7 +121,7 @@ def test_ood_cli_end_to_end(npz, tmp_path, capsys):
 
 
 def test_ood_mismatched_image_size_is_one_line(npz, tmp_path, capsys):
-    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__steps=2))
+    result = train("npz", out=tmp_path / "run", overrides=tiny_image(npz, train__steps=2))
     assert main(["ood", str(result.run_dir), "--out", "digits"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "softintrovae: error: dataset 'digits' has 1x28x28 images, but the model takes 3x8x8"
@@ -138,7 +138,7 @@ def test_reproduce_ood_scores_both_runs_on_the_available_out_sets(tmp_path, caps
     np.savez(grey, images=rng.integers(0, 256, (24, 28, 28, 1), dtype=np.uint8))
     runs = []
     for method in ("vae", "soft-introvae"):
-        overrides = tiny(grey, train__steps=2, model__channels=[4], method__name=method, eval__fid_samples=0)
+        overrides = tiny_image(grey, train__steps=2, model__channels=[4], method__name=method, eval__fid_samples=0)
         runs.append(str(train("npz", out=tmp_path / method, overrides=overrides).run_dir))
     out = tmp_path / "ood"
     assert main(["reproduce", "ood", "--runs", *runs, "--out", str(out), "--samples", "2", "--limit", "30"]) == 0
@@ -161,7 +161,7 @@ def test_reproduce_ood_trains_both_models_then_reuses_them(tmp_path):
     rng = np.random.default_rng(0)
     grey = tmp_path / "grey28.npz"
     np.savez(grey, images=rng.integers(0, 256, (24, 28, 28, 1), dtype=np.uint8))
-    overrides = tiny(grey, train__steps=2, model__channels=[4])
+    overrides = tiny_image(grey, train__steps=2, model__channels=[4])
     out = tmp_path / "ood"
     first = reproduce_ood(out, preset="npz", overrides=overrides, samples=2, limit=20, progress=False)
     assert {m: first[m]["step"] for m in ("vae", "soft-introvae")} == {"vae": 2, "soft-introvae": 2}

@@ -26,7 +26,7 @@ from softintrovae.checkpoint import load_checkpoint
 from softintrovae.rundir import RunDir
 from softintrovae.trainer import Trainer, autocast_for, train
 
-from .test_images_train import as_cli_sets, npz, tiny  # noqa: F401  (npz is a fixture)
+from .conftest import as_cli_sets, tiny_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -63,7 +63,7 @@ def test_conditional_model_labels_change_the_output():
 
 def test_conditional_image_run_end_to_end(npz, tmp_path):
     out = tmp_path / "run"
-    sets = as_cli_sets(tiny(npz, train__steps=5, model__conditional=True))
+    sets = as_cli_sets(tiny_image(npz, train__steps=5, model__conditional=True))
     assert main(["train", "npz", "--out", str(out), *sets]) == 0
     state = load_checkpoint(RunDir(out).latest_checkpoint())
     assert state["encoder"]["head.weight"].shape[1] == 8 * 2 * 2 + 10  # features + one-hot of the 10 classes
@@ -78,7 +78,7 @@ def test_conditional_needs_labels_and_a_resnet(tmp_path, capsys):
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, images=rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8))
     with pytest.raises(UserError, match="no class labels"):
-        train("npz", out=tmp_path / "a", overrides=tiny(unlabelled, train__steps=1, model__conditional=True))
+        train("npz", out=tmp_path / "a", overrides=tiny_image(unlabelled, train__steps=1, model__conditional=True))
     assert not (tmp_path / "a").exists()
     assert main(["train", "demo", "--out", str(tmp_path / "b"), "--set", "model.conditional=true"]) == 2
     assert capsys.readouterr().err.strip() == "softintrovae: error: model.conditional is true, but the data have no class labels"
@@ -96,7 +96,7 @@ def test_cifar10_conditional_preset_is_conditional():
 
 
 def test_fp16_mixed_is_refused_off_cuda_in_one_line(npz, tmp_path, capsys):
-    sets = as_cli_sets(tiny(npz, train__steps=1, train__precision="fp16-mixed", train__device="cpu"))
+    sets = as_cli_sets(tiny_image(npz, train__steps=1, train__precision="fp16-mixed", train__device="cpu"))
     assert main(["train", "npz", "--out", str(tmp_path / "run"), *sets]) == 2
     err = capsys.readouterr().err.strip()
     assert "fp16-mixed needs a CUDA device" in err and len(err.splitlines()) == 1
@@ -108,7 +108,7 @@ def test_channels_last_trains_the_same_model_as_contiguous(npz, tmp_path):
     """NHWC changes the memory layout only: the updates agree with NCHW up to float rounding."""
     runs = {}
     for flag in (False, True):
-        overrides = tiny(npz, train__steps=4, train__channels_last=flag)
+        overrides = tiny_image(npz, train__steps=4, train__channels_last=flag)
         result = train("npz", out=tmp_path / f"cl{flag}", overrides=overrides)
         runs[flag] = load_checkpoint(RunDir(result.run_dir).latest_checkpoint())
     for network in ("encoder", "decoder"):
@@ -117,7 +117,7 @@ def test_channels_last_trains_the_same_model_as_contiguous(npz, tmp_path):
 
 
 def test_bf16_mixed_image_run_is_finite(npz, tmp_path):
-    result = train("npz", out=tmp_path / "run", overrides=tiny(npz, train__steps=4, train__precision="bf16-mixed", train__channels_last=True))
+    result = train("npz", out=tmp_path / "run", overrides=tiny_image(npz, train__steps=4, train__precision="bf16-mixed", train__channels_last=True))
     assert all(np.isfinite(v) for k, v in result.metrics.items())
 
 
@@ -176,7 +176,7 @@ def test_averaged_gradients_equal_the_full_batch_gradient(tmp_path):
 def test_two_process_torchrun_run(npz, tmp_path):
     """torchrun, 2 gloo processes: same weights everywhere, different data shards, rank 0 alone
     writes the run, and the run resumes in a single process."""
-    overrides = tiny(npz, train__steps=6, train__checkpoint_every=3, model__conditional=True, data__batch_size=4)
+    overrides = tiny_image(npz, train__steps=6, train__checkpoint_every=3, model__conditional=True, data__batch_size=4)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path), json.dumps(overrides),

@@ -16,8 +16,7 @@ from softintrovae.models import eval_mode
 from softintrovae.pictures import bilinear_latents
 from softintrovae.rundir import RunDir
 
-from .conftest import TINY
-from .test_images_train import as_cli_sets, tiny
+from .conftest import TINY, as_cli_sets, tiny_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,7 +27,7 @@ def image_run(tmp_path):
     npz = tmp_path / "images.npz"
     np.savez(npz, images=rng.integers(0, 256, (40, 8, 8, 3), dtype=np.uint8), labels=np.arange(40) % 2)
     out = tmp_path / "run"
-    assert main(["train", "npz", "--out", str(out), *as_cli_sets(tiny(npz, train__steps=4))]) == 0
+    assert main(["train", "npz", "--out", str(out), *as_cli_sets(tiny_image(npz, train__steps=4))]) == 0
     return out
 
 
