@@ -297,3 +297,25 @@ def test_a_full_disk_while_logging_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "metrics.jsonl' (No space left on device)" in err[0], err
     assert not RunDir(out).lock_path.exists()
+
+
+def test_a_lock_held_by_a_zombie_process_is_taken_over(tmp_path):
+    """A killed writer that nobody reaped (its parent died too) no longer holds the run."""
+    import subprocess
+    import sys
+    import time
+
+    from softintrovae.runlock import RunLock, _process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while _process_alive(child.pid) and time.monotonic() < deadline:  # exited, not yet reaped: a zombie
+        time.sleep(0.05)
+    assert not _process_alive(child.pid)
+    lock = tmp_path / "lock"
+    lock.write_text(json.dumps({"pid": child.pid, "host": RunLock(lock).record["host"], "since": "then"}) + "\n")
+    taker = RunLock(lock)
+    with pytest.warns(RunWarning, match=f"left by process {child.pid}"):
+        taker.acquire()
+    taker.release()
+    child.wait()
