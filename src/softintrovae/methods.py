@@ -211,6 +211,9 @@ class Method:
     """Base class: holds the networks, their optimizers and the mixed-precision context."""
 
     name = "base"
+    # forward/backward passes of one update relative to a VAE update, for scheduling many runs
+    # (SPEC §2: the introspective phases re-encode and re-decode the reconstructions and prior samples)
+    relative_step_cost = 1.0
 
     def __init__(
         self,
@@ -351,6 +354,7 @@ class SoftIntroVAE(IntrospectiveMethod):
     """Soft-IntroVAE (Eq. 7, Algorithm 2) with reconstructions and prior samples as negatives."""
 
     name = "soft-introvae"
+    relative_step_cost = 3.0
 
     def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
         cfg = self.config
@@ -407,6 +411,7 @@ class IntroVAE(IntrospectiveMethod):
     With several latents the negatives' KL weighs each latent by its β_neg, inside the hinge."""
 
     name = "introvae"
+    relative_step_cost = 2.0
 
     def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
         cfg = self.config

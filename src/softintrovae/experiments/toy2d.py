@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from ..config import load_config
+from ..methods import METHODS as METHOD_CLASSES
 from ..errors import UserError
 from ..evaluation import load_final_arrays
 from ..plots import plot_collapse, plot_method_grid, plot_stability
@@ -103,11 +104,6 @@ class Settings:
         return collected
 
 
-# Forward/backward passes per iteration relative to a VAE step (SPEC §2: the introspective steps
-# re-encode and re-decode the reconstructions and prior samples).
-_STEP_COST = {"vae": 1.0, "introvae": 2.0, "soft-introvae": 3.0}
-
-
 def _remaining_cost(job: Job) -> float:
     """Rough work left in a job, so the longest start first and the workers finish together."""
     config = load_config(job.source, job.overrides)
@@ -117,7 +113,7 @@ def _remaining_cost(job: Job) -> float:
     total = config.train.steps
     warmup_left = max(0, min(warmup, total) - done)
     introspective_left = max(0, total - max(done, warmup))
-    return warmup_left + _STEP_COST[config.method.name] * introspective_left
+    return warmup_left + METHOD_CLASSES[config.method.name].relative_step_cost * introspective_left
 
 
 def _pick(values: Sequence[str] | None, allowed: Sequence[str], what: str) -> list[str]:
