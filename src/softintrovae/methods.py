@@ -60,11 +60,10 @@ if TYPE_CHECKING:  # the config module validates method names against METHODS be
 Losses = dict[str, Tensor]
 
 
-def _reparameterize_per_kind(mu: Tensor, logvar: Tensor) -> Tensor:
-    """Reparameterize a (2B, z) batch of [reconstructions; prior samples], drawing ε per kind in
-    Algorithm 2's order, so that the batched step consumes the random stream as the reference."""
-    eps = torch.cat([torch.randn_like(half) for half in mu.chunk(2)])
-    return reparameterize(mu, logvar, eps)
+def _detached(losses: Losses) -> Losses:
+    """The logged losses without their graphs: the encoder phase's retained graph is then freed
+    except for [D(z); D(z_p)], which the decoder phase back-propagates through again."""
+    return {name: value.detach() for name, value in losses.items()}
 
 
 def _means_per_kind(per_sample: Tensor) -> list[Tensor]:
@@ -288,6 +287,26 @@ class Method:
     def in_warmup(self, step: int) -> bool:
         return False
 
+    # K runs stacked into one batched model (softintrovae.stacked) give each run's block of rows its
+    # own noise stream, so that each run draws what it would draw alone.
+    run_generators: list[torch.Generator] | None = None
+
+    def standard_normal(self, rows: int, device: torch.device) -> Tensor:
+        """(rows, z_dim) draws of N(0, I): z_p and every ε of a step."""
+        if self.run_generators is None:
+            return torch.randn(rows, self.z_dim, device=device)
+        per_run = rows // len(self.run_generators)
+        return torch.cat([torch.randn(per_run, self.z_dim, device=device, generator=g) for g in self.run_generators])
+
+    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        return reparameterize(mu, logvar, self.standard_normal(mu.shape[0], mu.device))
+
+    def reparameterize_per_kind(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """Reparameterize a (2B, z) batch of [reconstructions; prior samples], drawing ε per kind in
+        Algorithm 2's order, so that the batched step consumes the random stream as the reference."""
+        eps = torch.cat([self.standard_normal(half.shape[0], half.device) for half in mu.chunk(2)])
+        return reparameterize(mu, logvar, eps)
+
     def step(self, x: Tensor, step: int, labels: Tensor | None = None) -> Losses:
         """One update on batch x (labels: its classes, for conditional networks) at training step
         ``step`` (0-based); returns detached losses."""
@@ -305,7 +324,7 @@ class Method:
         cfg = self.config
         with self.autocast():
             mu, logvar = self.encode(x)
-            x_r = self.decode(reparameterize(mu, logvar))
+            x_r = self.decode(self.reparameterize(mu, logvar))
         rec = reconstruction_loss(x, x_r, self.reconstruction)
         kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
         loss = vae_loss(rec, kl, cfg.beta_rec, self.beta_kl)
@@ -337,9 +356,9 @@ class IntrospectiveMethod(Method):
         The two decodes stay separate calls: batched, the encoder phase's backward would also
         compute an input gradient for the prior half, which leads to no encoder weight.
         """
-        z_prior = torch.randn(x.shape[0], self.z_dim, device=x.device)
+        z_prior = self.standard_normal(x.shape[0], x.device)
         mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar)
+        z = self.reparameterize(mu, logvar)
         decoded = torch.cat([self.decode(z), self.decode_prior(z_prior)])
         return mu, logvar, decoded
 
@@ -361,7 +380,7 @@ class SoftIntroVAE(IntrospectiveMethod):
         with self.autocast():
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)  # decoded: [x_r; x_f]
             mu_n, logvar_n = self.encode_per_kind(decoded.detach())
-            decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
+            decoded_n = self.decode_per_kind(self.reparameterize_per_kind(mu_n, logvar_n))  # [x_rr; x_ff]
         rec = reconstruction_loss(x, decoded[: x.shape[0]], self.reconstruction)
         kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
         # The official image trainer leaves the target x_r attached, so encoder gradient also flows
@@ -383,13 +402,13 @@ class SoftIntroVAE(IntrospectiveMethod):
             "exp_elbo_fake": expected_exp_elbo(neg_elbo_fake, self.scale),
             **self.kl_per_latent(mu, logvar),
         }
-        return EncoderPhaseResult(decoded, rec, losses)
+        return EncoderPhaseResult(decoded, rec, _detached(losses))
 
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
         cfg = self.config
         with self.autocast():
             mu_n, logvar_n = self.encode_per_kind(result.decoded)  # the updated encoder
-            decoded_n = self.decode_per_kind(_reparameterize_per_kind(mu_n, logvar_n).detach())
+            decoded_n = self.decode_per_kind(self.reparameterize_per_kind(mu_n, logvar_n).detach())
         kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.kl_weights))
         rec_n = reconstruction_loss(result.decoded.detach(), decoded_n, self.reconstruction, reduction="none")
         loss = soft_introvae_decoder_loss(
@@ -425,7 +444,8 @@ class IntroVAE(IntrospectiveMethod):
             rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, beta_neg=self.beta_neg, margin=cfg.margin
         )
         self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
-        return EncoderPhaseResult(decoded, rec, {"loss_encoder": loss, "rec": rec, "kl": kl, **self.kl_per_latent(mu, logvar)})
+        losses = {"loss_encoder": loss, "rec": rec, "kl": kl, **self.kl_per_latent(mu, logvar)}
+        return EncoderPhaseResult(decoded, rec, _detached(losses))
 
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
         cfg = self.config
