@@ -139,6 +139,7 @@ class TrainConfig:
     epochs: int = 0  # > 0: train epochs x steps per epoch instead of `steps` (image data)
     seed: int = 0
     device: str = "auto"
+    threads: int = 0  # torch CPU threads for this process (0: torch's default, one per core)
     precision: str = "fp32"
     log_every: int = 100
     eval_every: int = 5000  # 0: evaluate only at the end
@@ -159,6 +160,7 @@ class TrainConfig:
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
         )
+        _check(self.threads >= 0, f"train.threads must be >= 0, got {self.threads}")
         for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
             _check(getattr(self, name) > 0, f"train.{name} must be > 0, got {getattr(self, name)}")
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")

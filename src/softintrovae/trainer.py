@@ -124,6 +124,8 @@ class Trainer:
     def __init__(self, config: Config, run: RunDir | None):
         """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists."""
         self.config, self.run = config, run
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
         self.process = process = current_process()
         self.device = device_for(process, resolve_device(config.train.device))
         autocast = autocast_for(self.device, config.train.precision)
