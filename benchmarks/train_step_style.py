@@ -8,7 +8,11 @@ the peak memory each level needed, which tells whether a level's batch fits a gi
 Nothing is asserted.
 
     python benchmarks/train_step_style.py [--preset ffhq256] [--precisions fp32,bf16-mixed]
-                                          [--levels 0,1,...] [--steps 5] [--rounds 3] [--device auto]
+                                          [--levels 0,1,...] [--steps 5] [--rounds 3] [--device cpu|cuda]
+                                          [--threads N]
+
+Precisions the device only emulates (bf16 on a CPU without bf16 instructions) are skipped, with a
+line saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import add_arguments, setup
 from softintrovae.config import load_config
 from softintrovae.trainer import Trainer
 
@@ -66,18 +71,17 @@ def measure(trainer: Trainer, level_index: int, steps: int, rounds: int) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ffhq256")
-    parser.add_argument("--precisions", default="fp32,bf16-mixed")
     parser.add_argument("--levels", default=None, help="comma-separated level indices (default: all)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=512, help="synthetic training images")
-    parser.add_argument("--device", default="auto")
+    add_arguments(parser)
     args = parser.parse_args()
+    _, precisions = setup(parser, args)
 
     base = load_config(args.preset)
     size = 4 * 2 ** (len(base.model.channels) - 1)
     channels = 1 if "mnist" in base.data.name else 3
-    precisions = args.precisions.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         npz = synthetic_npz(Path(tmp) / "images.npz", size, channels, args.images)
         overrides = {"data.name": "npz", "data.root": str(npz), "data.pad_to": 0, "train.device": args.device, "train.progress": False}
