@@ -130,3 +130,13 @@ def keep_working(variants: dict, names: list[str]) -> dict:
             print(f"dropping {name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}")
             del variants[name]
     return variants
+
+
+def compiled(*networks, mode: str):
+    """``torch.compile(network, mode=mode)`` for each network. The optimized step back-propagates
+    through [D(z); D(z_p)] twice (``retain_graph``), which compiled backward functions with donated
+    buffers refuse, so buffer donation is turned off."""
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
+    return tuple(torch.compile(network, mode=mode) for network in networks)

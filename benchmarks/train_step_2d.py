@@ -29,7 +29,7 @@ from functools import partial
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import keep_working, DTYPES, add_arguments, autocast, calls_per_second, matmul_peak_gflops, setup
+from common import compiled, keep_working, DTYPES, add_arguments, autocast, calls_per_second, matmul_peak_gflops, setup
 from softintrovae.config import MethodConfig, load_config
 from softintrovae.data import Toy2DStream
 from softintrovae.methods import SoftIntroVAE
@@ -65,7 +65,7 @@ def make_variants(batch_size: int, device: torch.device, precisions, compile_mod
         variants[f"optimized {precision}"] = (partial(method.step, x, 0), precision, 1)
         if compile_mode:
             e, d, opts = fresh()
-            e, d = torch.compile(e, mode=compile_mode), torch.compile(d, mode=compile_mode)
+            e, d = compiled(e, d, mode=compile_mode)
             method = SoftIntroVAE(e, d, *opts, MethodConfig(vae_warmup_steps=0, **HP), scale=0.5, z_dim=2, autocast=context)
             variants[f"compiled {precision}"] = (partial(method.step, x, 0), precision, 1)
         if runs:

@@ -25,7 +25,7 @@ from functools import partial
 
 import torch
 
-from common import keep_working, add_arguments, autocast, calls_per_second, setup
+from common import compiled, keep_working, add_arguments, autocast, calls_per_second, setup
 from softintrovae.config import MethodConfig
 from softintrovae.methods import SoftIntroVAE
 from softintrovae.models.resnet import ResidualDecoder, ResidualEncoder
@@ -63,7 +63,7 @@ def make_variants(arch: str, batch_size: int, device: torch.device, precisions=(
             for layout, memory_format in LAYOUTS.items():
                 e, d, opts = fresh(memory_format)
                 if mode:
-                    e, d = torch.compile(e, mode=mode), torch.compile(d, mode=mode)
+                    e, d = compiled(e, d, mode=mode)
                 config = MethodConfig(vae_warmup_steps=0, **hp)
                 method = SoftIntroVAE(e, d, *opts, config, scale=scale, z_dim=z_dim, autocast=autocast(precision, device))
                 variants[f"{kind} {precision} {layout}"] = partial(method.step, x.contiguous(memory_format=memory_format), 0)
