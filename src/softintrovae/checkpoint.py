@@ -222,12 +222,17 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | Path, config: Config | None = None) -> "TrainedModel":
-        """From a run directory (its newest usable checkpoint) or a checkpoint file.
+        """From a run directory (its newest usable checkpoint), a checkpoint file, or a ``.safetensors``
+        file written by ``softintrovae export`` (see :mod:`softintrovae.export`).
 
         ``config`` replaces the run's (e.g. with other ``eval.*`` settings); by default it is the run
-        directory's config.yaml, or the config the checkpoint file holds.
+        directory's config.yaml, or the config the checkpoint or exported file holds.
         """
         path = Path(path)
+        if path.suffix == ".safetensors":
+            from .export import load_export  # export.py builds on this module
+
+            return load_export(path, config)
         if path.is_dir():
             run_dir = check_run_dir(path)
             config = config or load_run_config(run_dir / RUN_CONFIG)
@@ -327,6 +332,17 @@ class TrainedModel:
         """D(μ(x)): the deterministic reconstruction of x."""
         mu, _ = self.encode(x, labels)
         return self.decode(mu, labels)
+
+
+def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
+    """A loaded model as it is, or a run directory / checkpoint / exported file loaded once."""
+    return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
+
+
+def require_images(model: TrainedModel) -> None:
+    """One line unless ``model`` is an image model (2D runs draw their samples.png and density.png at evaluation)."""
+    if len(model.input_shape) != 3:
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
 
 
 def _model_shape(config: Config, state: dict[str, Any], checkpoint: Path) -> tuple[tuple[int, ...], int]:

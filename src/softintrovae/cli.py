@@ -204,6 +204,14 @@ def cmd_pictures(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_model
+
+    path = export_model(args.run_dir, args.out)
+    print(path)
+    return 0
+
+
 def cmd_feature_net(args) -> int:
     """Train the small classifier whose features FID/KID use offline for ``--dataset``."""
     from .config import DataConfig
@@ -303,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("interpolate", "a linear strip between two images and the 4-corner bilinear grid in latent space", 0),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("run_dir", help="a run directory or a checkpoint file")
+        p.add_argument("run_dir", help="a run directory, a checkpoint file or an exported .safetensors file")
         if n:
             p.add_argument("-n", type=int, default=n, help=f"number of images (default {n})")
         else:
@@ -313,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
         p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
         p.set_defaults(func=cmd_pictures)
+
+    p = sub.add_parser("export", help="write a run's networks and config as one .safetensors file that loads without the run or its data")
+    p.add_argument("run_dir", help="a run directory or a checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("translate", help="Figure 7: content transfer matrix of a translation run (class down the left, content across the top)")
     p.add_argument("run_dir")
