@@ -212,6 +212,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_import_official(args) -> int:
+    from .config import load_config
+    from .official import import_official_run
+    from .trainer import default_run_dir
+
+    config = load_config(args.preset, _overrides(args.set))
+    out = args.out or default_run_dir(f"imported-{config.name}")
+    print(import_official_run(args.checkpoint, config, out, argv=["softintrovae", *args.argv]))
+    return 0
+
+
 def cmd_feature_net(args) -> int:
     """Train the small classifier whose features FID/KID use offline for ``--dataset``."""
     from .config import DataConfig
@@ -326,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run directory or a checkpoint file")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-official", help="turn a checkpoint of the official Soft-IntroVAE image trainer into a run directory")
+    p.add_argument("checkpoint", help="the official .pth file ({'epoch', 'model'})")
+    p.add_argument("--preset", required=True, help="preset name or config .yaml whose architecture the checkpoint has")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.z_dim=32")
+    p.add_argument("--out", help="run directory to create (default: runs/imported-NAME-TIMESTAMP)")
+    p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("translate", help="Figure 7: content transfer matrix of a translation run (class down the left, content across the top)")
     p.add_argument("run_dir")
