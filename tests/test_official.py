@@ -233,9 +233,11 @@ def test_an_imported_run_is_sampled_reconstructed_and_exported_but_not_resumed(t
         ["sample", str(out), "-n", "4"],
         ["reconstruct", str(out), "-n", "4", "--images", str(images)],
         ["interpolate", str(out), "--size", "3", "--images", str(images)],
+        ["sample", str(out), "--n", "3", "--format", "npz", "--out", str(tmp_path / "samples.npz")],
         ["export", str(out), "--out", str(tmp_path / "model.safetensors")],
     ):
         assert main(argv) == 0, argv
+    assert np.load(tmp_path / "samples.npz")["images"].shape == (3, 28, 28, 1)
     assert softintrovae.load(tmp_path / "model.safetensors").step == 7
     config, checkpoints = (out / "config.yaml").read_text(), sorted((out / "checkpoints").iterdir())
     capsys.readouterr()
