@@ -92,3 +92,38 @@ def write_mnist_files(root: Path, prefix: str, count: int, seed: int = 0) -> tup
     write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
     write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return images, labels
+
+
+# ---- tiny style-based runs ---------------------------------------------------------------------------
+
+
+def write_npz(path, n=48, size=16):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.integers(3, size - 3, size=(n, 2))
+    images = ((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2 < 9) * 255
+    np.savez(path, images=images.astype(np.uint8))
+    return path
+
+
+def style_overrides(npz, **extra):
+    return {
+        "data.name": "npz",
+        "data.root": str(npz),
+        "data.pad_to": 0,
+        "data.batch_size": 8,
+        "model.channels": [8, 8, 4],
+        "model.z_dim": 8,
+        "model.mapping_layers": 2,
+        "growth.unit": "images",
+        "growth.per_level": [32, 48, 48],
+        "growth.blend": [24],
+        "growth.batch_sizes": [8, 8, 4],
+        "growth.beta_neg": [64, 32, 16],
+        "method.vae_warmup_steps": 2,
+        "train.progress": False,
+        "train.checkpoint_every": 1000,
+        "train.log_every": 2,
+        "train.ema_half_life": 64,
+        **extra,
+    }

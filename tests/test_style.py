@@ -19,6 +19,8 @@ from softintrovae.models.style import EqualConv2d, EqualLinear, StyleDecoder, St
 from softintrovae.checkpoint import load_checkpoint
 from softintrovae.trainer import Trainer, resume, train
 
+from .conftest import style_overrides, write_npz
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CHANNELS = [16, 12, 8, 4]  # 4x4 .. 32x32
@@ -233,38 +235,6 @@ def test_progressive_stream_serves_each_epoch_once_at_the_level_resolution():
     coarse = F.interpolate(F.avg_pool2d(F.avg_pool2d(x, 2), 2), scale_factor=2)
     torch.testing.assert_close(images_at_level(x, 8, 0.0), coarse)
     torch.testing.assert_close(images_at_level(x, 8, 1.0), F.avg_pool2d(x, 2))
-
-
-def write_npz(path, n=48, size=16):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    centres = rng.integers(3, size - 3, size=(n, 2))
-    images = ((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2 < 9) * 255
-    np.savez(path, images=images.astype(np.uint8))
-    return path
-
-
-def style_overrides(npz, **extra):
-    return {
-        "data.name": "npz",
-        "data.root": str(npz),
-        "data.pad_to": 0,
-        "data.batch_size": 8,
-        "model.channels": [8, 8, 4],
-        "model.z_dim": 8,
-        "model.mapping_layers": 2,
-        "growth.unit": "images",
-        "growth.per_level": [32, 48, 48],
-        "growth.blend": [24],
-        "growth.batch_sizes": [8, 8, 4],
-        "growth.beta_neg": [64, 32, 16],
-        "method.vae_warmup_steps": 2,
-        "train.progress": False,
-        "train.checkpoint_every": 1000,
-        "train.log_every": 2,
-        "train.ema_half_life": 64,
-        **extra,
-    }
 
 
 def test_resume_in_the_middle_of_a_blend_equals_uninterrupted_training(tmp_path):

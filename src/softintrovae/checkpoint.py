@@ -29,6 +29,8 @@ from torch import Tensor
 from .config import Config, config_from_dict, load_run_config
 from .data import build_data
 from .errors import CorruptCheckpoint, UserError, warn
+from .export import SUFFIX as EXPORT_SUFFIX
+from .export import read_export, write_export
 from .files import atomic_write_bytes, atomic_write_text, sha256_hex
 from .likelihood import score_images
 from .models import Decoder, Encoder, LatentLayout, build_models, class_labels, eval_mode, forward
@@ -222,12 +224,16 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | Path, config: Config | None = None) -> "TrainedModel":
-        """From a run directory (its newest usable checkpoint) or a checkpoint file.
+        """From a run directory (its newest usable checkpoint), a checkpoint file, or a ``.safetensors``
+        file written by ``softintrovae export`` (see :mod:`softintrovae.export`).
 
         ``config`` replaces the run's (e.g. with other ``eval.*`` settings); by default it is the run
-        directory's config.yaml, or the config the checkpoint file holds.
+        directory's config.yaml, or the config the checkpoint or exported file holds.
         """
         path = Path(path)
+        if path.suffix == EXPORT_SUFFIX:  # an exported file: its decoder is the run's sampling decoder
+            data, state = read_export(path)
+            return cls.from_state(config or config_from_dict(data), state, path)
         if path.is_dir():
             run_dir = check_run_dir(path)
             config = config or load_run_config(run_dir / RUN_CONFIG)
@@ -275,6 +281,12 @@ class TrainedModel:
 
     def record(self) -> dict[str, Any]:
         return model_record(self.input_shape, self.num_classes, self.latents)
+
+    def export(self, out: str | Path) -> Path:
+        """Write the encoder and the sampling decoder with the config to a ``.safetensors`` file (see
+        :mod:`softintrovae.export`); :meth:`load` of it computes what this model computes."""
+        record = {**self.record(), "step": self.step, "method": self.method, "decoder": "ema" if self.decoder_ema is not None else "trained"}
+        return write_export(out, {"encoder": self.encoder, "decoder": self.sampling_decoder}, self.config.to_dict(), record)
 
     # ---- using it: encode, decode, sample, reconstruct (eval mode, no gradients) -----------------
 
@@ -327,6 +339,22 @@ class TrainedModel:
         """D(μ(x)): the deterministic reconstruction of x."""
         mu, _ = self.encode(x, labels)
         return self.decode(mu, labels)
+
+
+def export_model(model: TrainedModel | str | Path, out: str | Path) -> Path:
+    """``softintrovae export``: a trained model (or a run directory / checkpoint to load) as a ``.safetensors`` file."""
+    return as_trained(model).export(out)
+
+
+def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
+    """A loaded model as it is, or a run directory / checkpoint / exported file loaded once."""
+    return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
+
+
+def require_images(model: TrainedModel) -> None:
+    """One line unless ``model`` is an image model (2D runs draw their samples.png and density.png at evaluation)."""
+    if len(model.input_shape) != 3:
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
 
 
 def _model_shape(config: Config, state: dict[str, Any], checkpoint: Path) -> tuple[tuple[int, ...], int]:

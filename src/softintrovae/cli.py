@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .config import load_presets, parse_override
 from .distributed import current_process
+from .dumps import FORMATS
 from .errors import RunDirWriteError, RunWarning, TrainingDiverged, UserError
 from .experiments import EXPERIMENTS, check_flag, reproduce
 from .trainer import TrainingInterrupted, default_run_dir, evaluate, resume, train
@@ -193,6 +194,8 @@ def cmd_reproduce(args) -> int:
 def cmd_pictures(args) -> int:
     from . import pictures
 
+    if args.command == "sample" and args.format:
+        return _dump_samples(args)
     if args.command == "sample":
         paths = [pictures.sample(args.run_dir, n=args.n, seed=args.seed, out=args.out)]
     elif args.command == "reconstruct":
@@ -201,6 +204,36 @@ def cmd_pictures(args) -> int:
         paths = list(pictures.interpolate(args.run_dir, seed=args.seed, size=args.size, out=args.out, images=args.images))
     for path in paths:
         print(path)
+    return 0
+
+
+def _dump_samples(args) -> int:
+    from .dumps import dump_samples
+    from .trainer import resolve_device
+
+    if args.grid:
+        raise UserError("--grid draws one picture and --format dumps the samples one by one: give one of them")
+    device = resolve_device(args.device)
+    print(dump_samples(args.run_dir, args.n, args.out, args.format, args.seed, args.batch_size, device=device))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoint import export_model
+
+    path = export_model(args.run_dir, args.out)
+    print(path)
+    return 0
+
+
+def cmd_import_official(args) -> int:
+    from .config import load_config
+    from .official import import_official_run
+    from .trainer import default_run_dir
+
+    config = load_config(args.preset, _overrides(args.set))
+    out = args.out or default_run_dir(f"imported-{config.name}")
+    print(import_official_run(args.checkpoint, config, out, argv=["softintrovae", *args.argv]))
     return 0
 
 
@@ -298,21 +331,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     for name, help_text, n in (
-        ("sample", "decode prior samples of an image run's latest checkpoint into a grid", 64),
+        ("sample", "decode prior samples of an image run's latest checkpoint into a grid, or many of them for FID tools (--format)", 64),
         ("reconstruct", "training images beside their reconstructions (real | reconstruction pairs)", 16),
         ("interpolate", "a linear strip between two images and the 4-corner bilinear grid in latent space", 0),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("run_dir", help="a run directory or a checkpoint file")
+        p.add_argument("run_dir", help="a run directory, a checkpoint file or an exported .safetensors file")
         if n:
-            p.add_argument("-n", type=int, default=n, help=f"number of images (default {n})")
+            p.add_argument("-n", "--n", type=int, default=n, help=f"number of images (default {n})")
         else:
             p.add_argument("--size", type=int, default=8, help="images per side of the grid (default 8)")
         if name != "sample":
             p.add_argument("--images", help="an .npz or a folder of images to use (default: random images of the run's training data)")
         p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
-        p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
+        p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png); with --format, the .npz file or the PNG folder")
+        if name == "sample":
+            p.add_argument("--format", choices=FORMATS, help="dump the samples for FID tools: npz (uint8 NHWC images, labels) or png (a folder of numbered PNGs)")
+            p.add_argument("--grid", action="store_true", help="one grid picture (what sample draws without --format)")
+            p.add_argument("--batch-size", type=int, default=256, help="with --format: images decoded at once (default 256; the samples do not depend on it)")
+            p.add_argument("--device", default="auto", help="with --format: auto (CUDA when available), cpu or cuda[:N]")
         p.set_defaults(func=cmd_pictures)
+
+    p = sub.add_parser("export", help="write a run's networks and config as one .safetensors file that loads without the run or its data")
+    p.add_argument("run_dir", help="a run directory or a checkpoint file")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-official", help="turn a checkpoint of the official Soft-IntroVAE image trainer into a run directory")
+    p.add_argument("checkpoint", help="the official .pth file ({'epoch', 'model'})")
+    p.add_argument("--preset", required=True, help="preset name or config .yaml whose architecture the checkpoint has")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.z_dim=32")
+    p.add_argument("--out", help="run directory to create (default: runs/imported-NAME-TIMESTAMP)")
+    p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("translate", help="Figure 7: content transfer matrix of a translation run (class down the left, content across the top)")
     p.add_argument("run_dir")

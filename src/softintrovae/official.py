@@ -22,6 +22,13 @@ and inside a residual block ``conv_expand`` → ``identity``, ``conv1``/``bn1``/
 ``main.0``/``main.1``/``main.3``/``main.4``. BatchNorm running statistics travel with the weights.
 (The official decoder numbers its blocks from 4 upwards whatever the true side, so only the order
 of the numbers is used.)
+
+:func:`import_official_run` turns such a checkpoint into a run directory of ours (``softintrovae
+import-official``). The input shape and number of classes are those of the preset's dataset where
+they are known without reading it (Fashion-MNIST / MNIST 1×28×28, CIFAR-10 / SVHN 3×32×32, CelebA and
+image folders at ``data.image_size``, after ``data.pad_to``), so that the run fits its data; an .npz
+source takes the checkpoint's. The run's one checkpoint holds the networks but no optimizer state,
+so it is used (sample, reconstruct, interpolate, ood, evaluate, load, export) but not resumed.
 """
 
 from __future__ import annotations
@@ -35,9 +42,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import model_record
+from .config import Config
+from .data import declared_shape
 from .errors import CorruptCheckpoint, UserError
 from .models import build_models
 from .models.resnet import ResidualBlock
+from .rundir import RunDir
 
 _BLOCK = re.compile(r"^(encoder|decoder)\.main\.res_in_(\d+)\.(\w+)\.(\w+)$")
 _BLOCK_PARTS = {"conv_expand": "identity", "conv1": "main.0", "bn1": "main.1", "conv2": "main.3", "bn2": "main.4"}
@@ -214,3 +225,31 @@ def import_official(
     except UserError as exc:
         raise UserError(f"{where}: {exc} — {_fix_hint(info, config, input_shape, num_classes)}") from None
     return encoder.eval(), decoder.eval(), info
+
+
+def import_official_run(path: str | Path, config: Config, out: str | Path, argv: list[str] | None = None) -> Path:
+    """Create the run directory ``out`` for ``config`` holding the official checkpoint at ``path``.
+
+    It writes config.yaml, command.txt and ``checkpoints/step_N.pt`` (N: the official epoch, or 0),
+    whose state holds both networks, the config, the model record and ``imported`` (where the
+    weights came from). A checkpoint that does not fit ``config`` raises one :class:`UserError`
+    line before anything is written.
+    """
+    input_shape, num_classes = declared_shape(config.data)
+    encoder, decoder, info = import_official(path, config, input_shape, num_classes)
+    step = int(info["epoch"] or 0)
+    state = {
+        "step": step,
+        "encoder": encoder.state_dict(),
+        "decoder": decoder.state_dict(),
+        "config": config.to_dict(),
+        "model": model_record(input_shape or info["image_shape"], encoder.num_classes, encoder.latents),
+        "imported": {"source": "official Soft-IntroVAE image trainer", "file": Path(path).name, "epoch": info["epoch"]},
+    }
+    run = RunDir.create(out, config)
+    try:
+        run.record_command(argv or ["python-api", "import-official", str(path)])
+        run.save_checkpoint(step, state, keep=1)
+    finally:
+        run.unlock()
+    return run.path

@@ -19,9 +19,8 @@ from tqdm.auto import tqdm
 from .config import DataConfig
 from .data import HAS_TEST_SPLIT, IMAGE_DATASETS, load_images
 from .errors import UserError
-from .checkpoint import TrainedModel
+from .checkpoint import TrainedModel, as_trained
 from .likelihood import SCORES
-from .pictures import as_trained
 from .plots import plot_roc_curves, plot_score_histograms
 from .rundir import atomic_write_text
 

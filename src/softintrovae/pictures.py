@@ -15,22 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import TrainedModel
+from .checkpoint import TrainedModel, as_trained, require_images
 from .data import build_data, load_image_folder, load_npz
 from .errors import UserError
 from .plots import plot_image_grid
 
 Images = str | Path | Tensor | tuple[Tensor, Tensor | None] | None
-
-
-def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
-    """A loaded model as it is, or a run directory / checkpoint loaded once."""
-    return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
-
-
-def _require_images(model: TrainedModel) -> None:
-    if len(model.input_shape) != 3:
-        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
 
 
 def read_images(source: str | Path, image_shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
@@ -81,7 +71,7 @@ def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str
     if n < 1:
         raise UserError(f"the number of images must be >= 1, got {n}")
     model = as_trained(path)
-    _require_images(model)
+    require_images(model)
     images = model.sample(n, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
     return plot_image_grid(images.numpy(), min(8, n), _out(model, out, "samples"), f"{n} samples, step {model.step}")
 
@@ -89,7 +79,7 @@ def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str
 def reconstruct(path: TrainedModel | str | Path, n: int = 16, seed: int = 0, out: str | Path | None = None, images: Images = None) -> Path:
     """``n`` images beside their reconstructions D(μ(x)): real | reconstruction pairs."""
     model = as_trained(path)
-    _require_images(model)
+    require_images(model)
     real, labels = pick_images(model, n, seed, images)
     rec = model.reconstruct(real, labels).clamp(0, 1).cpu()
     pairs = torch.stack([real, rec], dim=1).flatten(0, 1)  # real, rec, real, rec, ...
@@ -120,7 +110,7 @@ def interpolate(
     if size < 2:
         raise UserError(f"--size must be >= 2, got {size}")
     model = as_trained(path)
-    _require_images(model)
+    require_images(model)
     corners, labels = pick_images(model, 4, seed, images)
     weights = torch.linspace(0, 1, size).view(-1, 1)
     corner_weights = bilinear_weights(size)

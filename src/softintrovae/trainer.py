@@ -254,12 +254,18 @@ class Trainer:
         if is_main:
             run.lock()  # released when fit() ends
         try:
+            loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
+            if loaded is not None and "imported" in loaded[1]:
+                source = loaded[1]["imported"].get("source", "another trainer")
+                raise UserError(
+                    f"run {str(run.path)!r} was imported from the {source}: its checkpoint holds no optimizer "
+                    "state, so it cannot be resumed (sample, evaluate or export it, or train a new run)"
+                )
             if overrides and is_main:
                 atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
                 if run.final_metrics_path.exists():  # it described the run before it was extended
                     run.final_metrics_path.unlink()
             trainer = cls(config, run)
-            loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
             barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
             if loaded is not None:
                 checkpoint, state = loaded

@@ -24,10 +24,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .checkpoint import as_trained
 from .data.rendered import TranslationSet
 from .data.translation import load_translation_set
 from .errors import UserError, warn
-from .pictures import as_trained, pick_images
+from .pictures import pick_images
 from .files import save_figure
 from .plots import tile_images  # importing plots selects the file-only Agg backend
 from .models import eval_mode, latents_of

@@ -66,6 +66,25 @@ HAS_TEST_SPLIT = {"fashion-mnist", "mnist", "cifar10", "svhn", "celeba", *TRANSL
 DATASETS: dict[str, object] = {**TOY2D, **IMAGE_DATASETS}
 
 
+def declared_shape(data_config) -> tuple[tuple[int, int, int] | None, int | None]:
+    """(image shape (C, H, W), number of classes) an image source gives, known without reading it;
+    None for what only its files tell (an .npz, a folder's class sub-folders, the translation sets)."""
+    side = data_config.image_size
+    known = {
+        "fashion-mnist": ((1, 28, 28), 10),
+        "mnist": ((1, 28, 28), 10),
+        "digits": ((1, 28, 28), 10),
+        "cifar10": ((3, 32, 32), 10),
+        "svhn": ((3, 32, 32), 10),
+        "celeba": ((3, side, side), 0),
+        "image-folder": ((3, side, side), None),
+    }
+    shape, classes = known.get(data_config.name, (None, None))
+    if shape is not None and data_config.pad_to:
+        shape = (shape[0], data_config.pad_to, data_config.pad_to)
+    return shape, classes
+
+
 def load_images(data_config, split: str = "train") -> LabelledImages:
     """uint8 images (N, C, H, W) and labels (N,) or None of the image dataset ``data_config.name``
     (zero-padded to ``data.pad_to`` when that is set)."""
@@ -101,5 +120,6 @@ __all__ = [
     "ImageStream",
     "Toy2DStream",
     "build_data",
+    "declared_shape",
     "load_images",
 ]
