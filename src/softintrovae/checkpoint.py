@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .config import Config, config_from_dict, load_run_config
 from .data import build_data
-from .errors import CorruptCheckpoint, UserError, warn
+from .errors import CorruptCheckpoint, UserError, first_line, warn
 from .export import SUFFIX as EXPORT_SUFFIX
 from .export import read_export, write_export
 from .files import atomic_write_bytes, atomic_write_text, sha256_hex
@@ -126,7 +126,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(buffer, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CorruptCheckpoint(f"checkpoint {str(path)!r} is corrupt or not a softintrovae checkpoint ({reason[:120]})") from None
 
 
@@ -263,7 +263,7 @@ class TrainedModel:
                 _, decoder_ema = build_models(config.model, input_shape, num_classes)
                 decoder_ema.load_state_dict(state["decoder_ema"])
         except (KeyError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
         model = cls(config, encoder, decoder, decoder_ema, input_shape, num_classes, encoder.latents, int(state["step"]), checkpoint, run_dir, state)
         for network in model.networks():

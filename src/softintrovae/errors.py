@@ -25,6 +25,12 @@ class RunWarning(UserWarning):
     """Something went wrong and was worked around: a corrupt checkpoint passed over, a batch skipped."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def warn(message: str) -> None:
     """Warn through :mod:`warnings` (the CLI prints a :class:`RunWarning` as one line on stderr)."""
     warnings.warn(message, RunWarning, stacklevel=2)

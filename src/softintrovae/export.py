@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import CorruptCheckpoint, UserError
+from .errors import CorruptCheckpoint, UserError, first_line
 from .files import atomic_write_bytes
 
 SUFFIX = ".safetensors"
@@ -65,7 +65,7 @@ def read_export(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             metadata = file.metadata() or {}
             tensors = {key: file.get_tensor(key) for key in file.keys()}
     except Exception as exc:  # SafetensorError for truncated or foreign files, OSError for unreadable ones
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CorruptCheckpoint(f"exported model {str(path)!r} is corrupt or not a safetensors file ({reason[:120]})") from None
     if metadata.get("format") != FORMAT:
         raise UserError(f"{str(path)!r} is a safetensors file but not a softintrovae export (no format: {FORMAT} in its metadata)")

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .checkpoint import TrainedModel, as_trained, export_model
-from .errors import UserError
+from .errors import UserError, first_line
 from .files import atomic_write_text
 
 WEIGHTS = "model.safetensors"
@@ -112,7 +112,7 @@ def from_pretrained(repo_id_or_folder: str | Path, *, revision: str | None = Non
     try:
         path = hub.hf_hub_download(str(repo_id_or_folder), WEIGHTS, revision=revision, token=token)
     except Exception as exc:  # the Hub's errors: repository or file not found, no connection, bad token
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(f"cannot download {WEIGHTS} of {str(repo_id_or_folder)!r} from the Hub ({reason[:160]})") from None
     return TrainedModel.load(path)
 

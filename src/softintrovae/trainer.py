@@ -35,7 +35,7 @@ from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
 from .data import build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
-from .errors import TrainingDiverged, UserError, warn
+from .errors import TrainingDiverged, UserError, first_line, warn
 from .evaluation import build_evaluator
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
@@ -224,7 +224,7 @@ class Trainer:
         try:
             self.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
 
     def save_checkpoint(self) -> Path | None:
