@@ -279,6 +279,34 @@ def test_style_run_end_to_end_with_pictures(tmp_path):
     assert all(p.is_file() for p in pictures.interpolate(run, size=3))
 
 
+def test_official_variant_trains_through_every_level_and_loads(tmp_path):
+    """model.style_variant official (the official style trainer's function, for its checkpoints) is a
+    normal style model: it grows, blends, keeps an EMA decoder; in eval mode it adds ALAE's noise-free term."""
+    npz = write_npz(tmp_path / "blobs.npz")
+    overrides = style_overrides(npz, **{"model.style_variant": "official", "model.blur": True})
+    result = train("fashion-mnist-style", tmp_path / "run", overrides)
+    assert all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
+    state = load_checkpoint(sorted((result.run_dir / "checkpoints").glob("*.pt"))[-1])
+    assert state["decoder"]["level"].item() == 2 and "decoder_ema" in state
+    encoder, decoder = build_models(load_config("fashion-mnist-style", overrides).model, (1, 16, 16))
+    assert len(decoder.mapping) == 4 and len(encoder.to_latent) == 6  # a LeakyReLU after each layer, the last too
+    assert not hasattr(encoder.blocks[0], "dense") and encoder.blocks[0].conv2.weight.shape == (8, 8, 3, 3)
+    decoder.eval()
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(decoder(z), decoder(z))
+    noise = decoder.blocks[1].noise1
+    x = torch.randn(2, 8, 8, 8)
+    torch.testing.assert_close(noise(x), x + 0.8 * math.sqrt(2) * torch.exp(-x * x / 4) / math.sqrt(2 * math.pi))
+
+
+def test_official_variant_settings_are_checked(tmp_path):
+    with pytest.raises(UserError, match="model.style_variant must be one of default, official, got 'alae'"):
+        load_config("ffhq256", {"model.style_variant": "alae"})
+    config = load_config("fashion-mnist-style", {"model.style_variant": "official"})  # the preset has blur: false
+    with pytest.raises(UserError, match="set model.blur=true"):
+        build_models(config.model, (1, 32, 32))
+
+
 def test_bad_style_settings_are_one_line_errors(tmp_path):
     npz = write_npz(tmp_path / "blobs.npz")
     with pytest.raises(UserError, match="grows 4x4 to 32x32, but the images are 16x16"):

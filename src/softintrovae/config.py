@@ -71,10 +71,12 @@ class ModelConfig:
     mapping_layers: int = 8  # style: layers of the decoder's z -> w mapping (the encoder's w -> z has 3)
     style_mixing: float = 0.9  # style: probability that a prior sample in training mixes two latents' styles
     blur: bool = True  # style: a [1, 2, 1] low-pass filter next to every up/down-sampling, as StyleGAN
+    style_variant: str = "default"  # style: "official" computes the official style trainer's function (models/style.py)
     class_z_dim: int = 256  # translation: the class latent (model.z_dim is the content latent)
 
     def __post_init__(self) -> None:
         _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
+        _check_choice("model.style_variant", self.style_variant, ("default", "official"))
         _check(0.0 <= self.style_mixing <= 1.0, f"model.style_mixing must be in [0, 1], got {self.style_mixing}")
         for name in ("z_dim", "hidden_dim", "hidden_layers", "mapping_layers", "class_z_dim"):
             _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
