@@ -127,3 +127,24 @@ def style_overrides(npz, **extra):
         "train.ema_half_life": 64,
         **extra,
     }
+
+
+# ---- imported runs ------------------------------------------------------------------------------------
+
+
+def use_with_every_command(run, tmp_path, image_hwc: tuple[int, int, int]) -> None:
+    """sample, reconstruct, interpolate (on 4 random images), a 3-sample npz dump and export
+    (to ``tmp_path / "model.safetensors"``) of ``run``, each with exit status 0."""
+    from softintrovae.cli import main
+
+    images = tmp_path / "images.npz"
+    np.savez(images, images=np.random.default_rng(0).integers(0, 256, (4, *image_hwc), dtype=np.uint8))
+    for argv in (
+        ["sample", str(run), "-n", "4"],
+        ["reconstruct", str(run), "-n", "4", "--images", str(images)],
+        ["interpolate", str(run), "--size", "3", "--images", str(images)],
+        ["sample", str(run), "--n", "3", "--format", "npz", "--out", str(tmp_path / "samples.npz")],
+        ["export", str(run), "--out", str(tmp_path / "model.safetensors")],
+    ):
+        assert main(argv) == 0, argv
+    assert np.load(tmp_path / "samples.npz")["images"].shape == (3, *image_hwc)

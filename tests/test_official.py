@@ -21,6 +21,8 @@ from softintrovae.config import load_config, load_run_config
 from softintrovae.errors import UserError
 from softintrovae.official import import_official, inspect_official, read_official
 
+from .conftest import use_with_every_command
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-checkpoints"
@@ -227,17 +229,7 @@ def test_import_official_refuses_a_missing_file_and_an_existing_run(tmp_path, ca
 def test_an_imported_run_is_sampled_reconstructed_and_exported_but_not_resumed(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(import_argv("fmnist28", out)) == 0
-    images = tmp_path / "images.npz"
-    np.savez(images, images=np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8))
-    for argv in (
-        ["sample", str(out), "-n", "4"],
-        ["reconstruct", str(out), "-n", "4", "--images", str(images)],
-        ["interpolate", str(out), "--size", "3", "--images", str(images)],
-        ["sample", str(out), "--n", "3", "--format", "npz", "--out", str(tmp_path / "samples.npz")],
-        ["export", str(out), "--out", str(tmp_path / "model.safetensors")],
-    ):
-        assert main(argv) == 0, argv
-    assert np.load(tmp_path / "samples.npz")["images"].shape == (3, 28, 28, 1)
+    use_with_every_command(out, tmp_path, (28, 28, 1))
     assert softintrovae.load(tmp_path / "model.safetensors").step == 7
     config, checkpoints = (out / "config.yaml").read_text(), sorted((out / "checkpoints").iterdir())
     capsys.readouterr()

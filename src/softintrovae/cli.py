@@ -233,7 +233,7 @@ def cmd_import_official(args) -> int:
 
     config = load_config(args.preset, _overrides(args.set))
     out = args.out or default_run_dir(f"imported-{config.name}")
-    print(import_official_run(args.checkpoint, config, out, argv=["softintrovae", *args.argv]))
+    print(import_official_run(args.checkpoint, config, out, argv=["softintrovae", *args.argv], smoothed_encoder=args.smoothed_encoder))
     return 0
 
 
@@ -357,11 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .safetensors file to write")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("import-official", help="turn a checkpoint of the official Soft-IntroVAE image trainer into a run directory")
-    p.add_argument("checkpoint", help="the official .pth file ({'epoch', 'model'})")
+    p = sub.add_parser("import-official", help="turn a checkpoint of the official Soft-IntroVAE image or style trainer into a run directory")
+    p.add_argument("checkpoint", help="the official .pth file ({'epoch', 'model'}, or the style trainer's {'models', 'auxiliary'})")
     p.add_argument("--preset", required=True, help="preset name or config .yaml whose architecture the checkpoint has")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.z_dim=32")
     p.add_argument("--out", help="run directory to create (default: runs/imported-NAME-TIMESTAMP)")
+    p.add_argument(
+        "--smoothed-encoder", action="store_true", help="style checkpoints: keep the smoothed encoder (as the official figures do), not the live one"
+    )
     p.set_defaults(func=cmd_import_official)
 
     p = sub.add_parser("translate", help="Figure 7: content transfer matrix of a translation run (class down the left, content across the top)")
