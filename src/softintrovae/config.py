@@ -26,6 +26,8 @@ from .models import ARCHITECTURES
 from .objectives import RECONSTRUCTION_KINDS
 
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
+INTROVAE_NEGATIVES = ("prior", "both")
+INTROVAE_HINGES = ("per-sample", "batch-mean")
 ON_NONFINITE = ("stop", "skip")
 
 
@@ -94,6 +96,11 @@ class MethodConfig:
     beta_neg: float = 1.0
     gamma_r: float = 1e-8  # weight of the negatives' reconstruction in the decoder loss (paper §5)
     margin: float = 1.0  # IntroVAE's hard margin m
+    # IntroVAE's negatives: "prior", decoded prior samples D(z_p) as Appendix 9.1.1 writes it, or "both",
+    # also the reconstructions D(E(x)), as Soft-IntroVAE treats them; the hinge [m − KL]₊ on each
+    # sample's KL ("per-sample", the appendix's L_E(x, z)) or on the batch mean ("batch-mean")
+    introvae_negatives: str = "prior"
+    introvae_hinge: str = "per-sample"
     reconstruction: str = "mse"
     scale: float | None = None  # s; None means 1 / (number of input dimensions)
     detach_negative_target: bool = False  # the official image trainer does not detach it
@@ -108,6 +115,8 @@ class MethodConfig:
     def __post_init__(self) -> None:
         _check_choice("method.name", self.name, tuple(METHODS))
         _check_choice("method.reconstruction", self.reconstruction, RECONSTRUCTION_KINDS)
+        _check_choice("method.introvae_negatives", self.introvae_negatives, INTROVAE_NEGATIVES)
+        _check_choice("method.introvae_hinge", self.introvae_hinge, INTROVAE_HINGES)
         _check_non_negative(
             self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps", "vae_warmup_epochs")
         )
