@@ -1,7 +1,8 @@
 """Run configuration: dataclasses validated on construction, presets, and ``key=value`` overrides.
 
 One defaults source (these dataclasses) drives the CLI and the Python API. Presets are YAML data
-under ``softintrovae/presets``; a user config file has the same shape. The names a config may use
+under ``softintrovae/presets``; a user config file has the same shape (both read by
+:mod:`softintrovae.yamlfiles`). The names a config may use
 (datasets, architectures, methods, reconstruction losses) are the keys of the registries of the
 modules that implement them, so validation and implementation cannot disagree.
 """
@@ -9,21 +10,18 @@ modules that implement them, so validation and implementation cannot disagree.
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .data import DATASETS
 from .errors import UserError
 from .methods import METHODS
 from .models import ARCHITECTURES
 from .objectives import RECONSTRUCTION_KINDS
+from .yamlfiles import apply_overrides, deep_merge, load_presets, parse_override, read_config_file  # noqa: F401  (re-exported)
 
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 ON_NONFINITE = ("stop", "skip")
@@ -265,9 +263,13 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     raise UserError(f"config key {key!r} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _check_mapping(data: Any, section: str) -> None:
     if not isinstance(data, dict):
-        raise UserError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, got {data!r}")
+        raise UserError(f"config section {section!r} must be a mapping, got {data!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    _check_mapping(data, prefix.rstrip(".") or "root")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -286,85 +288,6 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from nested plain data (missing keys take defaults)."""
     return _build(Config, data, "")
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with a YAML-typed value (``1e-4``, ``true``, ``[1, 2]``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"override {text!r} must look like section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise UserError(f"override {text!r} has a value that is not valid YAML") from None
-    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
-        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
-    return key.strip(), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``method.beta_kl``) in nested plain data; unknown keys fail at build time."""
-    result = _deep_merge(data, {})
-    for dotted, value in overrides.items():
-        node = result
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.get(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"override {dotted!r}: {part!r} is not a config section")
-            node[part] = child = dict(child)
-            node = child
-        node[leaf] = value
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: YAML data shipped with the package.
-
-
-def _preset_files() -> list[Any]:
-    folder = resources.files("softintrovae") / "presets"
-    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
-
-
-def load_presets() -> dict[str, dict[str, Any]]:
-    """All presets by name; each preset file holds ``defaults`` and a ``presets`` mapping."""
-    presets: dict[str, dict[str, Any]] = {}
-    for path in _preset_files():
-        content = yaml.safe_load(path.read_text())
-        defaults = content.get("defaults", {})
-        for name, body in content["presets"].items():
-            presets[name] = _deep_merge(_deep_merge(defaults, body), {"name": name})
-    return presets
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {str(path)!r} is not a UTF-8 text file") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
-    return data
 
 
 def load_run_config(path: Path) -> Config:
@@ -389,6 +312,10 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         data = presets[str(source)]
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
+    hints = typing.get_type_hints(Config)
+    for name, value in data.items():  # the file's sections first, so that an override into one is not blamed for it
+        if name in hints and dataclasses.is_dataclass(hints[name]):
+            _check_mapping(value, name)
     config = config_from_dict(apply_overrides(data, overrides or {}))
     check_steps_override(config, overrides or {})
     return config

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .config import load_config, parse_override
 from .errors import TrainingDiverged, UserError
 from .rundir import RunDir, atomic_write_text
+from .yamlfiles import load_yaml
 
 Configuration = dict[str, Any]
 NOT_METRICS = ("step", "total_steps", "train_seconds")  # bookkeeping in metrics.json, not averaged
@@ -271,7 +272,7 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
     spec = {"source": source, "configurations": configurations, "seeds": seeds, "overrides": overrides or {}}
     spec_path = out / "sweep.yaml"
-    if spec_path.exists() and yaml.safe_load(spec_path.read_text()) != spec:
+    if spec_path.exists() and load_yaml(spec_path.read_text(), str(spec_path)) != spec:
         raise UserError(f"{str(out)!r} holds a different sweep; use another --out")
     atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
     results = run_jobs(jobs, workers, desc=f"sweep {Path(source).stem}")

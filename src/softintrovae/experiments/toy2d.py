@@ -24,6 +24,7 @@ from ..evaluation import load_final_arrays
 from ..plots import plot_collapse, plot_method_grid, plot_stability
 from ..rundir import RunDir, atomic_write_text
 from ..sweep import Job, aggregate, default_workers, run_jobs
+from ..yamlfiles import load_yaml
 from .common import finished_metrics, markdown_table, mean_std, train_log, write_csv, write_markdown
 
 DATASETS = ("8gaussians", "spiral", "checkerboard", "rings")
@@ -65,7 +66,7 @@ class Settings:
         spec = {"experiment": self.experiment, "iterations": self.iterations, "overrides": self.overrides}
         path = self.out / "reproduce.yaml"
         if path.exists():
-            held = yaml.safe_load(path.read_text()) or {}
+            held = load_yaml(path.read_text(), str(path)) or {}
             if held != spec:
                 raise UserError(
                     f"{str(self.out)!r} holds a {held.get('experiment')} reproduction with {held.get('iterations')} iterations "
