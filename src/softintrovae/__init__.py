@@ -5,31 +5,53 @@ Three imports do what the CLI does::
     from softintrovae import load_config, train, evaluate
     result = train(load_config("soft-introvae-8gaussians", {"train.steps": 5000}), out="runs/sivae")
     print(result.metrics)
+
+The names below are imported from their modules on first use, so that ``import softintrovae``
+(and the command line's ``--help``, ``--version`` and ``presets``) does not load torch.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .config import Config, load_config, load_presets  # noqa: E402
-from .errors import TrainingDiverged, UserError  # noqa: E402
-from .methods import METHODS, IntroVAE, Method, SoftIntroVAE, VAE  # noqa: E402
-from .trainer import RunResult, Trainer, evaluate, resume, train  # noqa: E402
+_EXPORTS = {  # name -> the module that defines it
+    "Config": "config",
+    "load_config": "config",
+    "load_presets": "config",
+    "TrainingDiverged": "errors",
+    "UserError": "errors",
+    "METHODS": "methods",
+    "IntroVAE": "methods",
+    "Method": "methods",
+    "SoftIntroVAE": "methods",
+    "VAE": "methods",
+    "RunResult": "trainer",
+    "Trainer": "trainer",
+    "evaluate": "trainer",
+    "resume": "trainer",
+    "train": "trainer",
+}
 
-__all__ = [
-    "Config",
-    "IntroVAE",
-    "METHODS",
-    "Method",
-    "RunResult",
-    "SoftIntroVAE",
-    "Trainer",
-    "TrainingDiverged",
-    "UserError",
-    "VAE",
-    "evaluate",
-    "load_config",
-    "load_presets",
-    "resume",
-    "train",
-]
+if TYPE_CHECKING:
+    from .config import Config, load_config, load_presets
+    from .errors import TrainingDiverged, UserError
+    from .methods import METHODS, IntroVAE, Method, SoftIntroVAE, VAE
+    from .trainer import RunResult, Trainer, evaluate, resume, train
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*_EXPORTS, "__version__"})
+
+
+__all__ = sorted(_EXPORTS)

@@ -15,11 +15,12 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .config import load_presets, parse_override
-from .distributed import current_process
-from .errors import RunDirWriteError, RunWarning, TrainingDiverged, UserError
+from .errors import RunDirWriteError, RunWarning, TrainingDiverged, TrainingInterrupted, UserError
 from .experiments import EXPERIMENTS, check_flag, reproduce
-from .trainer import TrainingInterrupted, default_run_dir, evaluate, resume, train
+from .yamlfiles import load_presets, parse_override
+
+# The commands import the library (and so torch) when they run, so that --help, --version and
+# `presets` start at once.
 
 DEMO_PRESET = "demo"
 
@@ -34,6 +35,8 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _print_result(run_dir: Path, metrics: dict[str, float]) -> None:
+    from .distributed import current_process
+
     if not current_process().is_main:  # under torchrun, rank 0 reports for all
         return
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -42,6 +45,8 @@ def _print_result(run_dir: Path, metrics: dict[str, float]) -> None:
 
 
 def cmd_train(args) -> int:
+    from .trainer import resume, train
+
     argv = ["softintrovae", *args.argv]
     if args.resume:
         if args.config:
@@ -72,6 +77,8 @@ def _fid_kid_request(names: str) -> tuple[list[str], dict]:
 
 
 def cmd_evaluate(args) -> int:
+    from .trainer import evaluate
+
     names = [n.strip() for n in (args.metrics or "").split(",") if n.strip()]
     translation = {"transfer": _evaluate_transfer, "transfer-curve": _evaluate_transfer_curve}  # softintrovae.translation
     for name in [n for n in names if n in translation]:
@@ -126,6 +133,8 @@ def cmd_translate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .trainer import default_run_dir, train
+
     overrides = _overrides(args.set)
     out = args.out or default_run_dir(DEMO_PRESET)
     print(f"Training Soft-IntroVAE on 8 Gaussians (preset '{DEMO_PRESET}') into {out} ...")
@@ -142,6 +151,7 @@ def cmd_demo(args) -> int:
 def cmd_sweep(args) -> int:
     from .config import load_config
     from .sweep import expand_grid, sweep
+    from .trainer import default_run_dir
 
     overrides = _overrides(args.set)
     grid = expand_grid(args.grid, load_config(args.config, overrides).method.name)
@@ -245,6 +255,19 @@ def cmd_presets(args) -> int:
     return 0
 
 
+class _ExperimentDefaultsHelp(argparse.HelpFormatter):
+    """Fills the experiments' defaults (``{ood[samples]}``, ``{seeds}``) into reproduce's help when it
+    is shown: they are the experiment functions' keyword defaults, and importing those needs torch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = super()._get_help_string(action) or ""
+        if "{" not in text:
+            return text
+        defaults = {name: experiment.defaults for name, experiment in EXPERIMENTS.items()}
+        seeds = ", ".join(f"{name} {d['seeds']}" for name, d in defaults.items() if "seeds" in d)
+        return text.format(seeds=seeds, **defaults)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="softintrovae", description="Introspective VAEs: train, evaluate, reproduce.")
     parser.add_argument("--version", action="version", version=f"softintrovae {__version__}")
@@ -279,15 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     studies = ", ".join(f"{name} ({experiment.paper})" for name, experiment in EXPERIMENTS.items())
-    seeds = ", ".join(f"{name} {e.defaults['seeds']}" for name, e in EXPERIMENTS.items() if "seeds" in e.defaults)
-    ood, toy2d = EXPERIMENTS["ood"].defaults, EXPERIMENTS["table2"].defaults
-    p = sub.add_parser("reproduce", help=f"regenerate a result of the paper: {studies}")
+    p = sub.add_parser("reproduce", help=f"regenerate a result of the paper: {studies}", formatter_class=_ExperimentDefaultsHelp)
     p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--runs", nargs=2, metavar=("VAE_RUN", "SOFT_RUN"), help="ood, translation: use these finished runs instead of training")
-    p.add_argument("--samples", type=int, help=f"ood: importance samples M (default {ood['samples']})")
-    p.add_argument("--limit", type=int, help=f"ood: images per set at most (default {ood['limit']})")
-    p.add_argument("--seeds", type=int, help=f"seeds per setting (default: {seeds})")
-    p.add_argument("--iterations", type=int, help=f"training iterations per run (paper: {toy2d['iterations']})")
+    p.add_argument("--samples", type=int, help="ood: importance samples M (default {ood[samples]})")
+    p.add_argument("--limit", type=int, help="ood: images per set at most (default {ood[limit]})")
+    p.add_argument("--seeds", type=int, help="seeds per setting (default: {seeds})")
+    p.add_argument("--iterations", type=int, help="training iterations per run (paper: {table2[iterations]})")
     p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings")
     p.add_argument("--methods", help="table2: comma-separated subset of vae,introvae,soft-introvae")
     p.add_argument("--margins", help="stability: comma-separated IntroVAE margins (default 1,2,...,10)")

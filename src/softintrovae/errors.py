@@ -17,6 +17,10 @@ class TrainingDiverged(RuntimeError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
+
+
 class RunDirWriteError(OSError):
     """A file of the run directory could not be written (disk full, permissions); what was there is intact."""
 

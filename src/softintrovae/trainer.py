@@ -35,7 +35,7 @@ from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
 from .data import build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
-from .errors import TrainingDiverged, UserError, warn
+from .errors import TrainingDiverged, TrainingInterrupted, UserError, warn
 from .evaluation import build_evaluator
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
@@ -53,10 +53,6 @@ def run_evaluation(evaluator, encoder, decoder, run: RunDir, step: int, final: b
     metrics = evaluator(encoder, decoder, run.path, step, final)
     run.log({"step": step, "kind": "final" if final else "eval", **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
     return metrics
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint."""
 
 
 def resolve_device(name: str) -> torch.device:
