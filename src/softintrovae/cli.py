@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .errors import RunDirWriteError, RunWarning, TrainingDiverged, TrainingInterrupted, UserError
 from .experiments import EXPERIMENTS, check_flag, reproduce
+from .files import check_writable
 from .yamlfiles import load_presets, parse_override
 
 # The commands import the library (and so torch) when they run, so that --help, --version and
@@ -224,10 +225,10 @@ def cmd_feature_net(args) -> int:
         raise UserError(f"unknown image dataset {args.dataset!r}; choose from {', '.join(IMAGE_DATASETS)}")
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    out = check_writable(Path(args.out) if args.out else feature_nets_dir() / f"{args.dataset}.pt", "feature net file")
     images, labels = load_images(DataConfig(name=args.dataset, root=args.root))
     if labels is None:
         raise UserError(f"dataset {args.dataset!r} has no class labels to train a feature net on")
-    out = Path(args.out) if args.out else feature_nets_dir() / f"{args.dataset}.pt"
     path, accuracy = train_feature_net(images, labels, out, epochs=args.epochs, seed=args.seed)
     print(f"feature net: {path} (held-out accuracy {accuracy:.3f})")
     return 0
@@ -402,6 +403,10 @@ def _run(argv: list[str]) -> int:
     except TrainingInterrupted as exc:
         print(f"softintrovae: {exc}", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine refused (a disk, a permission) after the checks up front passed
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"softintrovae: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

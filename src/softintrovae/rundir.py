@@ -26,7 +26,7 @@ import yaml
 from .checkpoint import CHECKPOINT_DIR, RUN_CONFIG, check_run_dir, checksum_path, list_checkpoints, load_latest_usable, save_checkpoint
 from .config import Config, load_run_config
 from .errors import RunDirWriteError, UserError
-from .files import atomic_write_text, remove_temporaries
+from .files import atomic_write_text, check_writable, remove_temporaries
 from .runlock import RunLock
 
 
@@ -42,11 +42,18 @@ class RunDir:
     lock_path = property(lambda self: self.path / "lock")
 
     @classmethod
+    def check_new(cls, path: str | Path) -> Path:
+        """``path`` if a new run can be created there (a place this process can write that holds no
+        run yet); else one line saying why. Nothing is created."""
+        path = check_writable(path, "run directory", folder=True)
+        if (path / RUN_CONFIG).exists():
+            raise UserError(f"run directory {str(path)!r} already holds a run; continue it with --resume {path}")
+        return path
+
+    @classmethod
     def create(cls, path: str | Path, config: Config) -> "RunDir":
         """A new run directory holding ``config``, locked for this process (see :meth:`lock`)."""
-        run = cls(path)
-        if run.config_path.exists():
-            raise UserError(f"run directory {str(run.path)!r} already holds a run; continue it with --resume {run.path}")
+        run = cls(cls.check_new(path))
         run.path.mkdir(parents=True, exist_ok=True)
         run.lock()
         try:
@@ -67,6 +74,7 @@ class RunDir:
         then remove what killed writers left behind: temporary files and checksums of checkpoints
         that were never completed."""
         if self._lock is None:
+            check_writable(self.path, "run directory", folder=True)
             lock = RunLock(self.lock_path)
             lock.acquire()
             self._lock = lock

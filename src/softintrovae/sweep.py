@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .config import load_config, parse_override
 from .errors import TrainingDiverged, UserError
+from .files import check_writable
 from .rundir import RunDir, atomic_write_text
 from .yamlfiles import load_yaml
 
@@ -269,6 +270,7 @@ def sweep(
     out = Path(out)
     configurations = as_configurations(grid)
     jobs = plan(source, configurations, seeds, overrides or {}, out)
+    check_writable(out, "sweep directory", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"source": source, "configurations": configurations, "seeds": seeds, "overrides": overrides or {}}
     spec_path = out / "sweep.yaml"

@@ -426,8 +426,8 @@ def train(
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(config.to_dict(), overrides)
-    trainer = Trainer(config, None)  # data and models first: a missing dataset leaves no run directory behind
-    path = Path(out or default_run_dir(config.name))
+    path = RunDir.check_new(out or default_run_dir(config.name))  # a place it cannot write stops it before any work
+    trainer = Trainer(config, None)  # data and models next: a missing dataset leaves no run directory behind
     if trainer.process.is_main:
         trainer.run = RunDir.create(path, config)
         _record_or_unlock(trainer.run, argv or ["python-api", "train", config.name])

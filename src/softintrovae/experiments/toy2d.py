@@ -21,6 +21,7 @@ import yaml
 from ..config import load_config
 from ..errors import UserError
 from ..evaluation import load_final_arrays
+from ..files import check_writable
 from ..plots import plot_collapse, plot_method_grid, plot_stability
 from ..rundir import RunDir, atomic_write_text
 from ..sweep import Job, aggregate, default_workers, run_jobs
@@ -63,6 +64,7 @@ class Settings:
             raise UserError(f"--seeds must be >= 1, got {self.seeds}")
         if self.iterations < 1:
             raise UserError(f"--iterations must be >= 1, got {self.iterations}")
+        check_writable(self.out, "experiment directory", folder=True)
         spec = {"experiment": self.experiment, "iterations": self.iterations, "overrides": self.overrides}
         path = self.out / "reproduce.yaml"
         if path.exists():
