@@ -1,9 +1,9 @@
 """The ``softintrovae`` command line: a thin layer over the Python API.
 
 Bad input exits with status 2 and one line naming the problem; a diverged training, or a run
-directory that cannot be written (a full disk), exits with 1; an interrupted one with 130 (after
-saving a checkpoint). Warnings of the run (a corrupt checkpoint passed over, a skipped batch) are
-one line each on stderr.
+directory that cannot be written (a full disk), exits with 1; any command interrupted by Ctrl-C or
+SIGTERM with 130 and one line (a training after saving a checkpoint). Warnings of the run (a
+corrupt checkpoint passed over, a skipped batch) are one line each on stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from . import __version__
 from .errors import RunDirWriteError, RunWarning, TrainingDiverged, TrainingInterrupted, UserError
 from .experiments import EXPERIMENTS, check_flag, reproduce
 from .files import check_writable
+from .interrupts import interrupts_raise
 from .yamlfiles import load_presets, parse_override
 
 # The commands import the library (and so torch) when they run, so that --help, --version and
@@ -380,7 +381,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, *, 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), interrupts_raise():
         warnings.simplefilter("always", RunWarning)
         warnings.showwarning = _show_warning
         return _run(argv)
@@ -402,6 +403,9 @@ def _run(argv: list[str]) -> int:
         return 1
     except TrainingInterrupted as exc:
         print(f"softintrovae: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop (see softintrovae.interrupts)
+        print("softintrovae: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # the machine refused (a disk, a permission) after the checks up front passed
         where = f"{exc.filename}: " if exc.filename else ""

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -37,6 +36,7 @@ from .data import build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
 from .errors import TrainingDiverged, TrainingInterrupted, UserError, warn
 from .evaluation import build_evaluator
+from .interrupts import stop_after_step
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
 from .metrics.features import feature_nets_dir
@@ -92,28 +92,6 @@ def resolve_schedule(config: Config, data, growth: GrowthSchedule | None = None)
     steps = config.train.epochs * steps_per_epoch if config.train.epochs else config.train.steps
     warmup = config.method.vae_warmup_epochs * steps_per_epoch if config.method.vae_warmup_epochs else config.method.vae_warmup_steps
     return steps, warmup
-
-
-@contextmanager
-def _stop_on_signals(flag: dict[str, bool]):
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
-    previous = {}
-
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Trainer:
@@ -339,7 +317,7 @@ class Trainer:
         skip = cfg.on_nonfinite == "skip"
         batches = self.data.batches(self.step)
         started, seconds_before = time.perf_counter(), self.train_seconds
-        with _stop_on_signals(flag), progress:
+        with stop_after_step(flag), progress:
             while self.step < total_steps:
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 batch = next(batches)
@@ -384,7 +362,14 @@ class Trainer:
         self.train_seconds = seconds_before + time.perf_counter() - started
         if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
             self.save_checkpoint()
-        metrics = self.evaluate(final=True)
+        try:
+            metrics = self.evaluate(final=True)
+        except KeyboardInterrupt:
+            where = self.run.path if self.run else "RUN_DIR"
+            raise TrainingInterrupted(
+                f"interrupted during the final evaluation; the checkpoint of step {self.step} is saved; "
+                f"evaluate it with: softintrovae evaluate {where}"
+            ) from None
         if self.process.is_main:
             self.run.write_final_metrics(
                 {"step": self.step, "total_steps": self.total_steps, **metrics, "train_seconds": round(self.train_seconds, 1)}
@@ -472,10 +457,10 @@ def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[st
         model = TrainedModel.load(run.path, config).to(resolve_device(config.train.device))
         data = build_data(config)  # the held-out images or points the metrics compare with
         total_steps = model.state.get("total_steps") or resolve_schedule(config, data, build_growth(config, data))[0]
-        run.record_command(argv or ["python-api", "evaluate", str(path)])
         metrics = run_evaluation(build_evaluator(config, data), model.encoder, model.sampling_decoder, run, model.step, final=True)
         timing = {"train_seconds": round(float(model.state["train_seconds"]), 1)} if "train_seconds" in model.state else {}
         run.write_final_metrics({"step": model.step, "total_steps": total_steps, **metrics, **timing})
+        run.record_command(argv or ["python-api", "evaluate", str(path)])  # once it is done: an interrupted one did not evaluate
     finally:
         run.unlock()
     return RunResult(run.path, metrics)
