@@ -127,6 +127,16 @@ class RunDir:
         except OSError as exc:
             raise RunDirWriteError(f"could not write {str(self.final_metrics_path)!r} ({exc.strerror or exc})") from None
 
+    def final_metrics(self, step: int) -> dict[str, float] | None:
+        """The metrics of the run's final evaluation if it was at ``step`` (from metrics.json), else None."""
+        try:
+            record = json.loads(self.final_metrics_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("step") != step:
+            return None
+        return {k: v for k, v in record.items() if k not in ("step", "total_steps", "train_seconds")}
+
     def checkpoints(self) -> list[Path]:
         """Checkpoint files, oldest first."""
         return list_checkpoints(self.checkpoint_dir)

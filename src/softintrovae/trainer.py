@@ -94,6 +94,31 @@ def resolve_schedule(config: Config, data, growth: GrowthSchedule | None = None)
     return steps, warmup
 
 
+def _resumed_config(config: Config, overrides: dict[str, Any]) -> Config:
+    """The run's config with the ``train.*`` overrides a resume may make (one line for any other)."""
+    bad = [k for k in overrides if not k.startswith("train.")]
+    if bad:
+        raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
+    if "train.seed" in overrides and overrides["train.seed"] != config.train.seed:
+        raise UserError(
+            f"cannot change train.seed when resuming (it is {config.train.seed}): the random state comes from the checkpoint; "
+            "train a new run for another seed"
+        )
+    resumed = config_from_dict(apply_overrides(config.to_dict(), overrides))
+    check_steps_override(resumed, overrides)
+    return resumed
+
+
+def _check_not_behind(total_steps: int, step: int, checkpoint: Path, overrides: dict[str, Any]) -> None:
+    """A resume cannot end a run before the step its checkpoint is at."""
+    if total_steps < step:
+        asked = ", ".join(f"{k}={v}" for k, v in overrides.items() if k in ("train.steps", "train.epochs")) or "its config.yaml"
+        raise UserError(
+            f"{asked} would end the run at step {total_steps}, but it is at step {step} ({checkpoint.name}); "
+            "a resume cannot go back: give a larger value, or train a new run"
+        )
+
+
 class Trainer:
     def __init__(self, config: Config, run: RunDir | None):
         """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists."""
@@ -152,6 +177,7 @@ class Trainer:
         self.checkpoint_step = -1
         self.skipped_steps = 0  # batches whose updates were undone (train.on_nonfinite: skip)
         self.consecutive_skips = 0
+        self.finished: dict[str, float] | None = None  # set by resume() for a run with nothing left to do
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -214,36 +240,40 @@ class Trainer:
     def resume(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Trainer":
         """Reopen a run directory and continue from its latest checkpoint.
 
-        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer).
+        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer), never
+        to end the run before the step it is at, and not ``train.seed`` (the random state comes from
+        the checkpoint). A run that trained all its steps and had its final evaluation is left as it
+        is: :attr:`finished` holds that evaluation's metrics and :meth:`fit` returns them at once.
+        Nothing is written before every check has passed.
         """
         run = RunDir.open(path)
         config = run.load_config()
         is_main = current_process().is_main
         if overrides:
-            bad = [k for k in overrides if not k.startswith("train.")]
-            if bad:
-                raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
-            config = config_from_dict(apply_overrides(config.to_dict(), overrides))
-            check_steps_override(config, overrides)
+            config = _resumed_config(config, overrides)
         if is_main:
             run.lock()  # released when fit() ends
         try:
-            if overrides and is_main:
-                atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-                if run.final_metrics_path.exists():  # it described the run before it was extended
-                    run.final_metrics_path.unlink()
             trainer = cls(config, run)
             loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
             barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
             if loaded is not None:
                 checkpoint, state = loaded
+                _check_not_behind(trainer.total_steps, int(state["step"]), checkpoint, overrides or {})
                 trainer.restore(state, checkpoint)
                 trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
-                if is_main:
-                    run.set_aside_checkpoints_after(checkpoint)
+                if trainer.step >= trainer.total_steps:
+                    trainer.finished = run.final_metrics(trainer.step)
+            if is_main and trainer.finished is None:
+                if overrides:
+                    atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    if run.final_metrics_path.exists():  # it described the run before it was extended
+                        run.final_metrics_path.unlink()
+                if loaded is not None:
+                    run.set_aside_checkpoints_after(loaded[0])
                     run.truncate_log(trainer.step)
-            elif is_main and run.metrics_path.exists():  # nothing to resume from: start over with a clean log
-                run.metrics_path.unlink()
+                elif run.metrics_path.exists():  # nothing to resume from: start over with a clean log
+                    run.metrics_path.unlink()
         except BaseException:
             run.unlock()
             raise
@@ -298,7 +328,7 @@ class Trainer:
         """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its
         metrics. The run directory's lock is released however it ends."""
         try:
-            return self._fit()
+            return dict(self.finished) if self.finished is not None else self._fit()
         finally:
             if self.run is not None and self.process.is_main:
                 self.run.unlock()
@@ -360,7 +390,7 @@ class Trainer:
                         f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {where}"
                     )
         self.train_seconds = seconds_before + time.perf_counter() - started
-        if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
+        if self.checkpoint_step != self.step:  # e.g. resumed a run whose final evaluation was interrupted
             self.save_checkpoint()
         try:
             metrics = self.evaluate(final=True)
@@ -385,6 +415,7 @@ class Trainer:
 class RunResult:
     run_dir: Path
     metrics: dict[str, float]
+    already_finished: bool = False  # a resume found nothing left to do: these are the run's final metrics
 
 
 def _record_or_unlock(run: RunDir, argv: list[str]) -> None:
@@ -420,13 +451,17 @@ def train(
 
 
 def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None, argv: list[str] | None = None) -> RunResult:
-    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``)."""
+    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``).
+
+    A run that already trained all its steps and was evaluated is left untouched: its final metrics
+    come back with ``already_finished`` set (nothing is trained, evaluated or recorded).
+    """
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     trainer = Trainer.resume(path, overrides)
-    if trainer.process.is_main:
+    if trainer.process.is_main and trainer.finished is None:
         _record_or_unlock(trainer.run, argv or ["python-api", "resume", str(path)])
-    return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
+    return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit(), already_finished=trainer.finished is not None)
 
 
 def _check_feature_net(config: Config) -> None:
