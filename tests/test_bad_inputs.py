@@ -129,7 +129,7 @@ CORPUS: dict[str, tuple[Callable[[Place], list[str]], str]] = {
     "override value not YAML": (lambda p: train(p, "vae-8gaussians", "--set", "model.channels=[1,"), "not valid YAML"),
     "unknown on_nonfinite": (lambda p: train(p, "vae-8gaussians", "--set", "train.on_nonfinite=ignore"), "train.on_nonfinite must be one of stop, skip"),
     "zero skip limit": (lambda p: train(p, "vae-8gaussians", "--set", "train.max_consecutive_skips=0"), "train.max_consecutive_skips must be > 0"),
-    "sweep with 0 workers": (lambda p: ["sweep", "vae-8gaussians", "--workers", "0", "--out", str(p.root / "s")], "--workers must be >= 1"),
+    "sweep with 0 workers": (lambda p: ["sweep", "vae-8gaussians", "--workers", "0", "--out", str(p.root / "s")], "argument --workers: must be an integer >= 1, got 0"),
     "sweep grid syntax": (lambda p: ["sweep", "vae-8gaussians", "--grid", "method.beta_kl:1", "--out", str(p.root / "s")], "must look like"),
     "bad --metrics name": (lambda p: ["evaluate", str(p.run), "--metrics", "fid_forever"], "fid_forever"),
     "reproduce flag for another experiment": (lambda p: ["reproduce", "stability", "--datasets", "rings"], "--datasets applies to 'reproduce table2'"),
@@ -196,7 +196,7 @@ CORPUS: dict[str, tuple[Callable[[Place], list[str]], str]] = {
     ),
     "unreadable lock file": (lambda p: (p.run / "lock").write_text("garbage") and ["evaluate", str(p.run)], "not a lock file"),
     "pictures of a 2D run": (lambda p: ["sample", str(p.run)], "is a 2D run"),
-    "no pictures": (lambda p: ["sample", str(p.image_run), "-n", "0"], "must be >= 1"),
+    "no pictures": (lambda p: ["sample", str(p.image_run), "-n", "0"], "argument -n: must be an integer between 1 and 1024, got 0"),
     "sweep into another sweep": (lambda p: p.file("s/sweep.yaml", "source: other\n") and ["sweep", "vae-8gaussians", "--out", str(p.root / "s")], "holds a different sweep"),
 }
 

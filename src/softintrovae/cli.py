@@ -15,10 +15,11 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import RunDirWriteError, RunWarning, TrainingDiverged, TrainingInterrupted, UserError
+from .errors import RunDirWriteError, RunWarning, TrainingDiverged, TrainingInterrupted, UserError, out_of_memory
 from .experiments import EXPERIMENTS, check_flag, reproduce
 from .files import check_writable
 from .interrupts import interrupts_raise
+from .limits import INT_MAX, SEED_MAX, out_of_range
 from .yamlfiles import load_presets, parse_override
 
 # The commands import the library (and so torch) when they run, so that --help, --version and
@@ -30,6 +31,28 @@ DEMO_PRESET = "demo"
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
         raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _int_in(low: int, high: int = INT_MAX):
+    """An argparse type: an integer in [low, high]; anything else is the parser's one-line error."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        problem = out_of_range(value, low, high)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return integer
+
+
+SEED = _int_in(0, SEED_MAX)
+COUNT = _int_in(1)
+# pictures: a PNG grid stays below matplotlib's 2**16 pixels a side even for 256x256 images
+MAX_PICTURES, MAX_GRID_SIDE = 1024, 64
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -300,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="preset name or config .yaml")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to sweep for one key, or a named grid: 'paper' (the paper's search ranges)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (train.seed and data.seed)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes, one torch thread each")
+    p.add_argument("--seeds", type=COUNT, default=1, help="seeds per configuration (train.seed and data.seed)")
+    p.add_argument("--workers", type=COUNT, default=1, help="parallel worker processes, one torch thread each")
     p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
     p.set_defaults(func=cmd_sweep)
 
@@ -309,14 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help=f"regenerate a result of the paper: {studies}", formatter_class=_ExperimentDefaultsHelp)
     p.add_argument("experiment", choices=list(EXPERIMENTS))
     p.add_argument("--runs", nargs=2, metavar=("VAE_RUN", "SOFT_RUN"), help="ood, translation: use these finished runs instead of training")
-    p.add_argument("--samples", type=int, help="ood: importance samples M (default {ood[samples]})")
-    p.add_argument("--limit", type=int, help="ood: images per set at most (default {ood[limit]})")
-    p.add_argument("--seeds", type=int, help="seeds per setting (default: {seeds})")
-    p.add_argument("--iterations", type=int, help="training iterations per run (paper: {table2[iterations]})")
+    p.add_argument("--samples", type=COUNT, help="ood: importance samples M (default {ood[samples]})")
+    p.add_argument("--limit", type=_int_in(2), help="ood: images per set at most (default {ood[limit]})")
+    p.add_argument("--seeds", type=COUNT, help="seeds per setting (default: {seeds})")
+    p.add_argument("--iterations", type=COUNT, help="training iterations per run (paper: {table2[iterations]})")
     p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings")
     p.add_argument("--methods", help="table2: comma-separated subset of vae,introvae,soft-introvae")
     p.add_argument("--margins", help="stability: comma-separated IntroVAE margins (default 1,2,...,10)")
-    p.add_argument("--workers", type=int, help="parallel runs, one torch thread each (default: CPU count)")
+    p.add_argument("--workers", type=COUNT, help="parallel runs, one torch thread each (default: CPU count)")
     p.add_argument("--out", help="experiment directory (default: runs/reproduce/EXPERIMENT); reuse it to continue")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
     p.add_argument("--report-only", action="store_true", default=None, help="only rebuild the tables and figures from finished runs")
@@ -330,21 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("run_dir", help="a run directory or a checkpoint file")
         if n:
-            p.add_argument("-n", type=int, default=n, help=f"number of images (default {n})")
+            p.add_argument("-n", type=_int_in(1, MAX_PICTURES), default=n, help=f"number of images (default {n}, at most {MAX_PICTURES})")
         else:
-            p.add_argument("--size", type=int, default=8, help="images per side of the grid (default 8)")
+            p.add_argument("--size", type=_int_in(2, MAX_GRID_SIDE), default=8, help=f"images per side of the grid (default 8, at most {MAX_GRID_SIDE})")
         if name != "sample":
             p.add_argument("--images", help="an .npz or a folder of images to use (default: random images of the run's training data)")
-        p.add_argument("--seed", type=int, default=0, help="seed for the latents / the images picked")
+        p.add_argument("--seed", type=SEED, default=0, help="seed for the latents / the images picked")
         p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/NAME_stepN.png)")
         p.set_defaults(func=cmd_pictures)
 
     p = sub.add_parser("translate", help="Figure 7: content transfer matrix of a translation run (class down the left, content across the top)")
     p.add_argument("run_dir")
-    p.add_argument("--rows", type=int, default=4, help="class images, one per row (default 4)")
-    p.add_argument("--columns", type=int, default=4, help="content images, one per column (default 4)")
+    p.add_argument("--rows", type=_int_in(1, MAX_GRID_SIDE), default=4, help="class images, one per row (default 4)")
+    p.add_argument("--columns", type=_int_in(1, MAX_GRID_SIDE), default=4, help="content images, one per column (default 4)")
     p.add_argument("--split", default="test", help="test (held-out classes, default) or train")
-    p.add_argument("--seed", type=int, default=0, help="seed for the images picked")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for the images picked")
     p.add_argument("--images", help="an .npz or a folder of images: the first ROWS give the classes, the next COLUMNS the contents (default: the run's dataset)")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/pictures/transfer_SPLIT_stepN.png)")
     p.set_defaults(func=cmd_translate)
@@ -353,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["train"])
     p.add_argument("--dataset", required=True, help="image dataset name, e.g. fashion-mnist")
     p.add_argument("--root", help="data.root for the dataset (default: auto-detect where possible)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=COUNT, default=3)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", help="where to save it (default: the feature-net folder, NAME.pt, where evaluation looks)")
     p.set_defaults(func=cmd_feature_net)
 
@@ -363,9 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="in_set", help="in-distribution dataset, NAME or NAME=ROOT (default: the run's own)")
     p.add_argument("--out", action="append", default=[], required=True, help="an out-of-distribution dataset, NAME or NAME=ROOT (repeatable)")
     p.add_argument("--score", default="iw", help="iw (importance-weighted log p(x), default), elbo (beta = 1) or elbo_beta (the run's betas)")
-    p.add_argument("--samples", type=int, default=5, help="importance samples M per image (default 5)")
-    p.add_argument("--limit", type=int, default=2000, help="images per set at most, a fixed random subset (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=COUNT, default=5, help="importance samples M per image (default 5)")
+    p.add_argument("--limit", type=_int_in(2), default=2000, help="images per set at most, a fixed random subset (default 2000)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--report", help="folder for ood.json/.md and the figures (default: RUN_DIR/ood)")
     p.set_defaults(func=cmd_ood)
 
@@ -409,6 +432,12 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop (see softintrovae.interrupts)
         print("softintrovae: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        what = out_of_memory(exc)
+        if what is None:
+            raise
+        print(f"softintrovae: error: out of memory ({what}): lower data.batch_size, the model's widths or the eval.* sizes", file=sys.stderr)
+        return 1
     except OSError as exc:  # the machine refused (a disk, a permission) after the checks up front passed
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"softintrovae: error: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ modules that implement them, so validation and implementation cannot disagree.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 from .data import DATASETS
 from .errors import UserError
+from .limits import INT_MAX, SEED_MAX, check_int
 from .methods import METHODS
 from .models import ARCHITECTURES
 from .objectives import RECONSTRUCTION_KINDS
@@ -34,6 +36,10 @@ def _check(condition: bool, message: str) -> None:
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_seed(section: object, prefix: str) -> None:
+    check_int(f"{prefix}.seed", section.seed, 0, SEED_MAX)
 
 
 def _check_non_negative(section: object, prefix: str, names: tuple[str, ...]) -> None:
@@ -56,6 +62,7 @@ class DataConfig:
         _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
         _check(self.pad_to >= 0, f"data.pad_to must be >= 0, got {self.pad_to}")
+        _check_seed(self, "data")
 
 
 @dataclass
@@ -162,6 +169,7 @@ class TrainConfig:
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
         _check(self.ema_half_life >= 0, f"train.ema_half_life must be >= 0, got {self.ema_half_life}")
+        _check_seed(self, "train")
 
 
 GROWTH_UNITS = ("epochs", "images")
@@ -193,6 +201,11 @@ class GrowthConfig:
         _check(all(v >= 0 for v in self.beta_neg), f"growth.beta_neg must hold numbers >= 0, got {self.beta_neg}")
 
 
+# The 2D metrics' sizes, at most: a bins² histogram, a grid_size² grid through both networks, and
+# sample counts held in memory at once; each far above the paper's (100, 1024, 5000, 12800).
+EVAL_MAXIMA = {"num_samples": 10**8, "bins": 4096, "grid_size": 8192, "elbo_samples": 10**8}
+
+
 @dataclass
 class EvalConfig:
     num_samples: int = 5000  # real and generated points for the histogram metrics
@@ -203,9 +216,10 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "bins", "grid_size", "elbo_samples"):
-            _check(getattr(self, name) > 0, f"eval.{name} must be > 0, got {getattr(self, name)}")
+        for name, high in EVAL_MAXIMA.items():
+            check_int(f"eval.{name}", getattr(self, name), 1, high)
         _check(self.fid_samples == 0 or self.fid_samples >= 2, f"eval.fid_samples must be 0 or >= 2, got {self.fid_samples}")
+        _check_seed(self, "eval")
 
 
 @dataclass
@@ -245,18 +259,23 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check(-INT_MAX <= value <= INT_MAX, f"config key {key!r} must be an integer in torch's int64 range (|value| < 2**63), got {value}")
+            return value
     elif annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
+            number = float(value) if abs(value) < 1e308 else math.inf  # an int too large for a float, too
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            _check(math.isfinite(number), f"config key {key!r} must be a finite number, got {value}")
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value

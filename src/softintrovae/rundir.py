@@ -44,9 +44,10 @@ class RunDir:
     @classmethod
     def check_new(cls, path: str | Path) -> Path:
         """``path`` if a new run can be created there (a place this process can write that holds no
-        run yet); else one line saying why. Nothing is created."""
+        run yet); else one line saying why. Nothing is created. A run that never saved a checkpoint
+        (it failed or was stopped before its first) holds nothing to lose: it may be started afresh."""
         path = check_writable(path, "run directory", folder=True)
-        if (path / RUN_CONFIG).exists():
+        if (path / RUN_CONFIG).exists() and list_checkpoints(path / CHECKPOINT_DIR):
             raise UserError(f"run directory {str(path)!r} already holds a run; continue it with --resume {path}")
         return path
 
@@ -57,8 +58,9 @@ class RunDir:
         run.path.mkdir(parents=True, exist_ok=True)
         run.lock()
         try:
-            if run.config_path.exists():  # created by another process while we took the lock
-                raise UserError(f"run directory {str(run.path)!r} already holds a run; continue it with --resume {run.path}")
+            cls.check_new(run.path)  # again under the lock: another process may have started it meanwhile
+            for stale in (run.metrics_path, run.final_metrics_path):  # of an attempt that saved no checkpoint
+                stale.unlink(missing_ok=True)
             atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
         except BaseException:
             run.unlock()
