@@ -22,7 +22,7 @@ from .errors import UserError
 from .files import check_writable
 from .checkpoint import TrainedModel
 from .likelihood import SCORES
-from .pictures import as_trained
+from .pictures import as_trained, require_images
 from .plots import plot_roc_curves, plot_score_histograms
 from .rundir import atomic_write_text
 
@@ -114,8 +114,7 @@ def run_ood(
     config = model.config
     inside = DatasetSpec.parse(in_set) if in_set else DatasetSpec(config.data.name, config.data.root)
     shape = model.input_shape
-    if len(shape) != 3:
-        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: OOD detection here scores images")
+    require_images(model, "OOD detection scores images, so it needs an image run")
     if model.num_classes:
         raise UserError("OOD scores of a class-conditional model would need the out-sets' labels; use an unconditional run")
     report = check_writable(Path(report_dir) if report_dir else (model.run_dir or model.checkpoint.parent) / "ood", "report folder", folder=True)

@@ -29,9 +29,10 @@ def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
     return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
 
 
-def _require_images(model: TrainedModel) -> None:
+def require_images(model: TrainedModel, purpose: str) -> None:
+    """One line when ``model`` is not an image model: a 2D run has no pictures to draw or images to score."""
     if len(model.input_shape) != 3:
-        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: {purpose}")
 
 
 def read_images(source: str | Path, image_shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
@@ -83,7 +84,7 @@ def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str
     if n < 1:
         raise UserError(f"the number of images must be >= 1, got {n}")
     model = as_trained(path)
-    _require_images(model)
+    require_images(model, "sample draws images (its samples.png and density.png are drawn by evaluate)")
     path = picture_path(model, out, "samples")
     images = model.sample(n, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
     return plot_image_grid(images.numpy(), min(8, n), path, f"{n} samples, step {model.step}")
@@ -92,7 +93,7 @@ def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str
 def reconstruct(path: TrainedModel | str | Path, n: int = 16, seed: int = 0, out: str | Path | None = None, images: Images = None) -> Path:
     """``n`` images beside their reconstructions D(μ(x)): real | reconstruction pairs."""
     model = as_trained(path)
-    _require_images(model)
+    require_images(model, "reconstruct draws images (its samples.png and density.png are drawn by evaluate)")
     path = picture_path(model, out, "reconstructions")
     real, labels = pick_images(model, n, seed, images)
     rec = model.reconstruct(real, labels).clamp(0, 1).cpu()
@@ -124,7 +125,7 @@ def interpolate(
     if size < 2:
         raise UserError(f"--size must be >= 2, got {size}")
     model = as_trained(path)
-    _require_images(model)
+    require_images(model, "interpolate draws images (its samples.png and density.png are drawn by evaluate)")
     strip_path = picture_path(model, out and Path(out).with_name(Path(out).stem + "_linear.png"), "interpolation_linear")
     grid_path = picture_path(model, out and Path(out).with_name(Path(out).stem + "_bilinear.png"), "interpolation_bilinear")
     corners, labels = pick_images(model, 4, seed, images)
@@ -142,4 +143,4 @@ def interpolate(
     return strip_path, grid_path
 
 
-__all__ = ["as_trained", "bilinear_latents", "bilinear_weights", "interpolate", "pick_images", "picture_path", "read_images", "reconstruct", "sample"]
+__all__ = ["as_trained", "bilinear_latents", "bilinear_weights", "interpolate", "pick_images", "picture_path", "read_images", "require_images", "reconstruct", "sample"]

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
-from .data import build_data
+from .data import TOY2D, build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
 from .errors import TrainingDiverged, TrainingInterrupted, UserError, warn
 from .evaluation import build_evaluator
@@ -465,7 +465,9 @@ def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None
 
 
 def _check_feature_net(config: Config) -> None:
-    """FID/KID asked for explicitly need the dataset's feature net (training skips them without one)."""
+    """FID/KID asked for explicitly need an image run and the dataset's feature net (training skips them without one)."""
+    if config.eval.fid_samples and config.data.name in TOY2D:
+        raise UserError(f"FID/KID measure images; this is a 2D run ({config.data.name}), whose metrics are KL, JSD and gnELBO")
     net = feature_nets_dir() / f"{config.data.name}.pt"
     if config.eval.fid_samples and not net.is_file():
         raise UserError(
