@@ -324,6 +324,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     elif str(source).endswith((".yaml", ".yml")) or Path(source).is_file():
         data = read_config_file(Path(source))
         data.setdefault("name", Path(source).stem)
+    elif Path(source).is_dir():
+        resume = f"; continue it with: softintrovae train --resume {source}" if (Path(source) / "config.yaml").is_file() else ""
+        raise UserError(f"{str(source)!r} is a folder, not a preset or a config .yaml file{resume}")
     else:
         presets = load_presets()
         if str(source) not in presets:
