@@ -170,7 +170,7 @@ class Trainer:
         )
         # an EMA copy of the decoder draws the samples and metrics, when asked for
         self.ema = EMA(self.decoder, config.train.ema_half_life) if config.train.ema_half_life else None
-        self.evaluator = build_evaluator(config, self.data.source)
+        self.evaluator = build_evaluator(config, self.data.source, progress=config.train.progress and process.is_main)
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None
@@ -494,7 +494,8 @@ def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[st
         model = TrainedModel.load(run.path, config).to(resolve_device(config.train.device))
         data = build_data(config)  # the held-out images or points the metrics compare with
         total_steps = model.state.get("total_steps") or resolve_schedule(config, data, build_growth(config, data))[0]
-        metrics = run_evaluation(build_evaluator(config, data), model.encoder, model.sampling_decoder, run, model.step, final=True)
+        evaluator = build_evaluator(config, data, progress=config.train.progress)
+        metrics = run_evaluation(evaluator, model.encoder, model.sampling_decoder, run, model.step, final=True)
         timing = {"train_seconds": round(float(model.state["train_seconds"]), 1)} if "train_seconds" in model.state else {}
         run.write_final_metrics({"step": model.step, "total_steps": total_steps, **metrics, **timing})
         run.record_command(argv or ["python-api", "evaluate", str(path)])  # once it is done: an interrupted one did not evaluate
