@@ -145,17 +145,25 @@ def train_or_resume(source: str, overrides: dict[str, Any], path: str | Path, co
         raise
 
 
-def _worker_setup() -> None:
+_stop_event = None  # in a worker: set by the parent once the sweep is interrupted
+
+
+def _worker_setup(stop) -> None:
     """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores; an idle
-    worker ignores Ctrl-C and SIGTERM (the pool shuts it down), a working one stops as a command does."""
+    worker ignores Ctrl-C and SIGTERM (the pool shuts it down), a working one stops as a command does;
+    ``stop``: the parent's event, set when the sweep is interrupted."""
     import torch
 
+    global _stop_event
+    _stop_event = stop
     torch.set_num_threads(1)
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
 
 
 def _job(source: str, overrides: dict[str, Any], path: Path, command: Sequence[str]) -> dict[str, float]:
+    if _stop_event is not None and _stop_event.is_set():  # a job already queued when the sweep was interrupted
+        raise TrainingInterrupted(f"{path}: not started, the sweep was interrupted")
     with interrupts_raise():
         return train_or_resume(source, overrides, path, command)
 
@@ -163,12 +171,14 @@ def _job(source: str, overrides: dict[str, Any], path: Path, command: Sequence[s
 STOP_GRACE_SECONDS = 10.0  # how long interrupted workers get to save a checkpoint before the signal is passed on
 
 
-def _stop_workers(pool: ProcessPoolExecutor, futures: Sequence[Future]) -> None:
-    """After Ctrl-C or SIGTERM: no new run starts, and each run in progress stops after saving a checkpoint.
+def _stop_workers(pool: ProcessPoolExecutor, futures: Sequence[Future], stop) -> None:
+    """After Ctrl-C or SIGTERM: no new run starts (``stop`` is set), and each run in progress stops
+    after saving a checkpoint.
 
     A signal sent to the whole process group (Ctrl-C in a terminal, most schedulers) reached the
     workers too; one sent to this process alone is passed on to them once they had time to stop.
     """
+    stop.set()
     for future in futures:
         future.cancel()
     _, running = wait([f for f in futures if not f.done()], timeout=STOP_GRACE_SECONDS)
@@ -189,7 +199,10 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
         raise UserError(f"--workers must be >= 1, got {workers}")
     results: list[dict[str, float] | None] = [None] * len(jobs)
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_worker_setup)
+    stop = context.Event()
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_worker_setup, initargs=(stop,)
+    )
     with pool, tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True) as progress:
         futures = {pool.submit(_job, j.source, j.overrides, j.path, ["softintrovae", "(batch)", j.source]): i for i, j in enumerate(jobs)}
         try:
@@ -205,7 +218,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
                 progress.write(f"{jobs[i].path}: {outcome}")
         except (KeyboardInterrupt, TrainingInterrupted):
             progress.write("interrupted: the runs in progress save a checkpoint and stop ...")
-            _stop_workers(pool, list(futures))
+            _stop_workers(pool, list(futures), stop)
             ended = sum(f.done() and not f.cancelled() and not isinstance(f.exception(), (KeyboardInterrupt, TrainingInterrupted)) for f in futures)
             raise TrainingInterrupted(
                 f"interrupted with {ended} of {len(jobs)} runs finished; the others keep their last checkpoint: "
