@@ -11,38 +11,65 @@ and a trained model is three lines away::
     import softintrovae
     model = softintrovae.load("runs/sivae")   # a run directory, a checkpoint or an exported .safetensors
     images = model.sample(16)
+
+The names below are imported from their modules on first use, so that ``import softintrovae``
+(and the command line's ``--help``, ``--version`` and ``presets``) does not load torch.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .checkpoint import TrainedModel  # noqa: E402
-from .config import Config, load_config, load_presets  # noqa: E402
-from .errors import TrainingDiverged, UserError  # noqa: E402
-from .checkpoint import export_model  # noqa: E402
-from .methods import METHODS, IntroVAE, Method, SoftIntroVAE, VAE  # noqa: E402
-from .trainer import RunResult, Trainer, evaluate, resume, train  # noqa: E402
+_EXPORTS = {  # name -> the module that defines it
+    "Config": "config",
+    "load_config": "config",
+    "load_presets": "config",
+    "TrainingDiverged": "errors",
+    "UserError": "errors",
+    "METHODS": "methods",
+    "IntroVAE": "methods",
+    "Method": "methods",
+    "SoftIntroVAE": "methods",
+    "VAE": "methods",
+    "TrainedModel": "checkpoint",
+    "export_model": "checkpoint",
+    "RunResult": "trainer",
+    "Trainer": "trainer",
+    "evaluate": "trainer",
+    "resume": "trainer",
+    "train": "trainer",
+}
 
-load = TrainedModel.load  # the one way in for a trained model (see TrainedModel.load)
+if TYPE_CHECKING:
+    from .checkpoint import TrainedModel, export_model
+    from .config import Config, load_config, load_presets
+    from .errors import TrainingDiverged, UserError
+    from .methods import METHODS, IntroVAE, Method, SoftIntroVAE, VAE
+    from .trainer import RunResult, Trainer, evaluate, resume, train
 
-__all__ = [
-    "Config",
-    "IntroVAE",
-    "METHODS",
-    "Method",
-    "RunResult",
-    "SoftIntroVAE",
-    "TrainedModel",
-    "Trainer",
-    "TrainingDiverged",
-    "UserError",
-    "VAE",
-    "evaluate",
-    "export_model",
-    "load",
-    "load_config",
-    "load_presets",
-    "resume",
-    "train",
-]
+
+def load(path: str | Path, config: Config | None = None) -> TrainedModel:
+    """The trained model at ``path`` (a run directory, a checkpoint or an exported ``.safetensors``
+    file), loaded without its training data: :meth:`softintrovae.checkpoint.TrainedModel.load`."""
+    from .checkpoint import TrainedModel
+
+    return TrainedModel.load(path, config)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*_EXPORTS, "__version__", "load"})
+
+
+__all__ = sorted([*_EXPORTS, "load"])

@@ -19,6 +19,7 @@ import io
 import os
 import re
 import signal
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,28 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(buffer, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        reason = first_line(exc)
-        raise CorruptCheckpoint(f"checkpoint {str(path)!r} is corrupt or not a softintrovae checkpoint ({reason[:120]})") from None
+        raise CorruptCheckpoint(f"checkpoint {str(path)!r} is corrupt or not a softintrovae checkpoint: {_why_unloadable(data, exc)}") from None
+
+
+def _why_unloadable(data: bytes, error: Exception) -> str:
+    """What is wrong with checkpoint bytes that ``torch.load`` refused, in words: torch's own messages
+    name its internals (``negative seek value``, ``[Errno 22]``, a zip library's error codes)."""
+    if not data:
+        return "the file is empty"
+    if not data.startswith(b"PK\x03\x04"):
+        return "it is not a zip archive, which torch.save writes"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            damaged, names = archive.testzip(), archive.namelist()
+    except Exception:  # zipfile raises several types for a cut-off archive
+        return f"the file is truncated or damaged ({len(data):,} bytes; its zip directory is missing or unreadable)"
+    if not any(name.endswith("/data.pkl") for name in names):
+        return "it is a zip archive, but not one torch.save wrote (no data.pkl)"
+    if damaged is not None:
+        return f"the file is damaged (its entry {damaged!r} fails its CRC check)"
+    if "Weights only load failed" in str(error):
+        return "it holds Python objects that loading would have to run code for (refused)"
+    return first_line(error)[:120]
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -174,6 +195,10 @@ CHECKPOINT_DIR = "checkpoints"
 def check_run_dir(path: Path) -> Path:
     """``path`` if it is a run directory (a folder with a config.yaml), else one line saying what it is."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        holder = path.parent.parent if path.parent.name == CHECKPOINT_DIR and CHECKPOINT_PATTERN.search(path.name) else None
+        hint = f"; the run directory holding it is {str(holder)!r}" if holder else ""
+        raise UserError(f"{str(path)!r} is a file, not a run directory{hint}")
     if not path.is_dir():
         raise UserError(f"run directory {str(path)!r} does not exist")
     if not (path / RUN_CONFIG).is_file():
@@ -351,10 +376,10 @@ def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
     return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
 
 
-def require_images(model: TrainedModel) -> None:
-    """One line unless ``model`` is an image model (2D runs draw their samples.png and density.png at evaluation)."""
+def require_images(model: TrainedModel, purpose: str) -> None:
+    """One line when ``model`` is not an image model: a 2D run has no pictures to draw or images to score."""
     if len(model.input_shape) != 3:
-        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: {purpose}")
 
 
 def _model_shape(config: Config, state: dict[str, Any], checkpoint: Path) -> tuple[tuple[int, ...], int]:

@@ -1,7 +1,8 @@
 """Run configuration: dataclasses validated on construction, presets, and ``key=value`` overrides.
 
 One defaults source (these dataclasses) drives the CLI and the Python API. Presets are YAML data
-under ``softintrovae/presets``; a user config file has the same shape. The names a config may use
+under ``softintrovae/presets``; a user config file has the same shape (both read by
+:mod:`softintrovae.yamlfiles`). The names a config may use
 (datasets, architectures, methods, reconstruction losses) are the keys of the registries of the
 modules that implement them, so validation and implementation cannot disagree.
 """
@@ -9,21 +10,20 @@ modules that implement them, so validation and implementation cannot disagree.
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .data import DATASETS
 from .errors import UserError
+from .limits import INT_MAX, SEED_MAX, check_int
 from .methods import METHODS
 from .models import ARCHITECTURES
 from .objectives import RECONSTRUCTION_KINDS
+from .yamlfiles import apply_overrides, deep_merge, load_presets, parse_override, read_config_file  # noqa: F401  (re-exported)
 
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 INTROVAE_NEGATIVES = ("prior", "both")
@@ -38,6 +38,10 @@ def _check(condition: bool, message: str) -> None:
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_seed(section: object, prefix: str) -> None:
+    check_int(f"{prefix}.seed", section.seed, 0, SEED_MAX)
 
 
 def _check_non_negative(section: object, prefix: str, names: tuple[str, ...]) -> None:
@@ -60,6 +64,7 @@ class DataConfig:
         _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
         _check(self.pad_to >= 0, f"data.pad_to must be >= 0, got {self.pad_to}")
+        _check_seed(self, "data")
 
 
 @dataclass
@@ -175,6 +180,7 @@ class TrainConfig:
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
         _check(self.ema_half_life >= 0, f"train.ema_half_life must be >= 0, got {self.ema_half_life}")
+        _check_seed(self, "train")
 
 
 GROWTH_UNITS = ("epochs", "images")
@@ -206,6 +212,11 @@ class GrowthConfig:
         _check(all(v >= 0 for v in self.beta_neg), f"growth.beta_neg must hold numbers >= 0, got {self.beta_neg}")
 
 
+# The 2D metrics' sizes, at most: a bins² histogram, a grid_size² grid through both networks, and
+# sample counts held in memory at once; each far above the paper's (100, 1024, 5000, 12800).
+EVAL_MAXIMA = {"num_samples": 10**8, "bins": 4096, "grid_size": 8192, "elbo_samples": 10**8}
+
+
 @dataclass
 class EvalConfig:
     num_samples: int = 5000  # real and generated points for the histogram metrics
@@ -216,9 +227,10 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "bins", "grid_size", "elbo_samples"):
-            _check(getattr(self, name) > 0, f"eval.{name} must be > 0, got {getattr(self, name)}")
+        for name, high in EVAL_MAXIMA.items():
+            check_int(f"eval.{name}", getattr(self, name), 1, high)
         _check(self.fid_samples == 0 or self.fid_samples >= 2, f"eval.fid_samples must be 0 or >= 2, got {self.fid_samples}")
+        _check_seed(self, "eval")
 
 
 @dataclass
@@ -258,27 +270,36 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check(-INT_MAX <= value <= INT_MAX, f"config key {key!r} must be an integer in torch's int64 range (|value| < 2**63), got {value}")
+            return value
     elif annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
+            number = float(value) if abs(value) < 1e308 else math.inf  # an int too large for a float, too
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            _check(math.isfinite(number), f"config key {key!r} must be a finite number, got {value}")
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value
     raise UserError(f"config key {key!r} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _check_mapping(data: Any, section: str) -> None:
     if not isinstance(data, dict):
-        raise UserError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, got {data!r}")
+        raise UserError(f"config section {section!r} must be a mapping, got {data!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    _check_mapping(data, prefix.rstrip(".") or "root")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -299,85 +320,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with a YAML-typed value (``1e-4``, ``true``, ``[1, 2]``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"override {text!r} must look like section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise UserError(f"override {text!r} has a value that is not valid YAML") from None
-    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
-        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
-    return key.strip(), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``method.beta_kl``) in nested plain data; unknown keys fail at build time."""
-    result = _deep_merge(data, {})
-    for dotted, value in overrides.items():
-        node = result
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.get(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"override {dotted!r}: {part!r} is not a config section")
-            node[part] = child = dict(child)
-            node = child
-        node[leaf] = value
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: YAML data shipped with the package.
-
-
-def _preset_files() -> list[Any]:
-    folder = resources.files("softintrovae") / "presets"
-    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
-
-
-def load_presets() -> dict[str, dict[str, Any]]:
-    """All presets by name; each preset file holds ``defaults`` and a ``presets`` mapping."""
-    presets: dict[str, dict[str, Any]] = {}
-    for path in _preset_files():
-        content = yaml.safe_load(path.read_text())
-        defaults = content.get("defaults", {})
-        for name, body in content["presets"].items():
-            presets[name] = _deep_merge(_deep_merge(defaults, body), {"name": name})
-    return presets
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {str(path)!r} is not a UTF-8 text file") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
 def load_run_config(path: Path) -> Config:
     """The resolved config a run directory holds (``RUN/config.yaml``)."""
     return config_from_dict(read_config_file(Path(path)))
@@ -393,6 +335,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     elif str(source).endswith((".yaml", ".yml")) or Path(source).is_file():
         data = read_config_file(Path(source))
         data.setdefault("name", Path(source).stem)
+    elif Path(source).is_dir():
+        resume = f"; continue it with: softintrovae train --resume {source}" if (Path(source) / "config.yaml").is_file() else ""
+        raise UserError(f"{str(source)!r} is a folder, not a preset or a config .yaml file{resume}")
     else:
         presets = load_presets()
         if str(source) not in presets:
@@ -400,6 +345,10 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         data = presets[str(source)]
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
+    hints = typing.get_type_hints(Config)
+    for name, value in data.items():  # the file's sections first, so that an override into one is not blamed for it
+        if name in hints and dataclasses.is_dataclass(hints[name]):
+            _check_mapping(value, name)
     config = config_from_dict(apply_overrides(data, overrides or {}))
     check_steps_override(config, overrides or {})
     return config

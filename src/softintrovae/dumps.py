@@ -105,7 +105,7 @@ def dump_samples(
     if out is not None:
         _check_out(Path(out), format)  # before loading: a bad path costs nothing
     model = as_trained(model)
-    require_images(model)
+    require_images(model, "sample dumps draw images (its samples.png and density.png are drawn by evaluate)")
     if device is not None:
         model.to(device)
     if out is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 
@@ -15,6 +16,10 @@ class CorruptCheckpoint(UserError):
 
 class TrainingDiverged(RuntimeError):
     """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint."""
 
 
 class RunDirWriteError(OSError):
@@ -34,3 +39,18 @@ def first_line(exc: BaseException) -> str:
 def warn(message: str) -> None:
     """Warn through :mod:`warnings` (the CLI prints a :class:`RunWarning` as one line on stderr)."""
     warnings.warn(message, RunWarning, stacklevel=2)
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What failed, when ``exc`` is an allocation failure (of torch on the CPU or a GPU, of numpy or
+    Python), e.g. ``"tried to allocate 2.05e+12 bytes"``; else None."""
+    text = str(exc)
+    if not isinstance(exc, MemoryError) and not (
+        isinstance(exc, RuntimeError) and any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
+    ):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    if asked:
+        return f"tried to allocate {int(asked.group(1)):.3g} bytes"
+    asked = re.search(r"allocate (\d[\d.]*\s*\w+)", text)
+    return f"tried to allocate {asked.group(1)}" if asked else "an allocation failed"

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -33,10 +32,11 @@ from tqdm.auto import tqdm
 
 from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
-from .data import build_data
+from .data import TOY2D, build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
-from .errors import TrainingDiverged, UserError, first_line, warn
+from .errors import TrainingDiverged, TrainingInterrupted, UserError, first_line, warn
 from .evaluation import build_evaluator
+from .interrupts import stop_after_step
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .methods import NonFiniteUpdate, Stepper, build_method
 from .metrics.features import feature_nets_dir
@@ -53,10 +53,6 @@ def run_evaluation(evaluator, encoder, decoder, run: RunDir, step: int, final: b
     metrics = evaluator(encoder, decoder, run.path, step, final)
     run.log({"step": step, "kind": "final" if final else "eval", **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
     return metrics
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,26 +94,29 @@ def resolve_schedule(config: Config, data, growth: GrowthSchedule | None = None)
     return steps, warmup
 
 
-@contextmanager
-def _stop_on_signals(flag: dict[str, bool]):
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
-    previous = {}
+def _resumed_config(config: Config, overrides: dict[str, Any]) -> Config:
+    """The run's config with the ``train.*`` overrides a resume may make (one line for any other)."""
+    bad = [k for k in overrides if not k.startswith("train.")]
+    if bad:
+        raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
+    if "train.seed" in overrides and overrides["train.seed"] != config.train.seed:
+        raise UserError(
+            f"cannot change train.seed when resuming (it is {config.train.seed}): the random state comes from the checkpoint; "
+            "train a new run for another seed"
+        )
+    resumed = config_from_dict(apply_overrides(config.to_dict(), overrides))
+    check_steps_override(resumed, overrides)
+    return resumed
 
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
 
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def _check_not_behind(total_steps: int, step: int, checkpoint: Path, overrides: dict[str, Any]) -> None:
+    """A resume cannot end a run before the step its checkpoint is at."""
+    if total_steps < step:
+        asked = ", ".join(f"{k}={v}" for k, v in overrides.items() if k in ("train.steps", "train.epochs")) or "its config.yaml"
+        raise UserError(
+            f"{asked} would end the run at step {total_steps}, but it is at step {step} ({checkpoint.name}); "
+            "a resume cannot go back: give a larger value, or train a new run"
+        )
 
 
 class Trainer:
@@ -171,13 +170,14 @@ class Trainer:
         )
         # an EMA copy of the decoder draws the samples and metrics, when asked for
         self.ema = EMA(self.decoder, config.train.ema_half_life) if config.train.ema_half_life else None
-        self.evaluator = build_evaluator(config, self.data.source)
+        self.evaluator = build_evaluator(config, self.data.source, progress=config.train.progress and process.is_main)
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None
         self.checkpoint_step = -1
         self.skipped_steps = 0  # batches whose updates were undone (train.on_nonfinite: skip)
         self.consecutive_skips = 0
+        self.finished: dict[str, float] | None = None  # set by resume() for a run with nothing left to do
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -240,17 +240,17 @@ class Trainer:
     def resume(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Trainer":
         """Reopen a run directory and continue from its latest checkpoint.
 
-        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer).
+        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer), never
+        to end the run before the step it is at, and not ``train.seed`` (the random state comes from
+        the checkpoint). A run that trained all its steps and had its final evaluation is left as it
+        is: :attr:`finished` holds that evaluation's metrics and :meth:`fit` returns them at once.
+        Nothing is written before every check has passed.
         """
         run = RunDir.open(path)
         config = run.load_config()
         is_main = current_process().is_main
         if overrides:
-            bad = [k for k in overrides if not k.startswith("train.")]
-            if bad:
-                raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
-            config = config_from_dict(apply_overrides(config.to_dict(), overrides))
-            check_steps_override(config, overrides)
+            config = _resumed_config(config, overrides)
         if is_main:
             run.lock()  # released when fit() ends
         try:
@@ -261,21 +261,25 @@ class Trainer:
                     f"run {str(run.path)!r} was imported from the {source}: its checkpoint holds no optimizer "
                     "state, so it cannot be resumed (sample, evaluate or export it, or train a new run)"
                 )
-            if overrides and is_main:
-                atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-                if run.final_metrics_path.exists():  # it described the run before it was extended
-                    run.final_metrics_path.unlink()
             trainer = cls(config, run)
             barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
             if loaded is not None:
                 checkpoint, state = loaded
+                _check_not_behind(trainer.total_steps, int(state["step"]), checkpoint, overrides or {})
                 trainer.restore(state, checkpoint)
                 trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
-                if is_main:
-                    run.set_aside_checkpoints_after(checkpoint)
+                if trainer.step >= trainer.total_steps:
+                    trainer.finished = run.final_metrics(trainer.step)
+            if is_main and trainer.finished is None:
+                if overrides:
+                    atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    if run.final_metrics_path.exists():  # it described the run before it was extended
+                        run.final_metrics_path.unlink()
+                if loaded is not None:
+                    run.set_aside_checkpoints_after(loaded[0])
                     run.truncate_log(trainer.step)
-            elif is_main and run.metrics_path.exists():  # nothing to resume from: start over with a clean log
-                run.metrics_path.unlink()
+                elif run.metrics_path.exists():  # nothing to resume from: start over with a clean log
+                    run.metrics_path.unlink()
         except BaseException:
             run.unlock()
             raise
@@ -330,7 +334,7 @@ class Trainer:
         """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its
         metrics. The run directory's lock is released however it ends."""
         try:
-            return self._fit()
+            return dict(self.finished) if self.finished is not None else self._fit()
         finally:
             if self.run is not None and self.process.is_main:
                 self.run.unlock()
@@ -349,7 +353,7 @@ class Trainer:
         skip = cfg.on_nonfinite == "skip"
         batches = self.data.batches(self.step)
         started, seconds_before = time.perf_counter(), self.train_seconds
-        with _stop_on_signals(flag), progress:
+        with stop_after_step(flag), progress:
             while self.step < total_steps:
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 batch = next(batches)
@@ -392,9 +396,16 @@ class Trainer:
                         f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {where}"
                     )
         self.train_seconds = seconds_before + time.perf_counter() - started
-        if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
+        if self.checkpoint_step != self.step:  # e.g. resumed a run whose final evaluation was interrupted
             self.save_checkpoint()
-        metrics = self.evaluate(final=True)
+        try:
+            metrics = self.evaluate(final=True)
+        except KeyboardInterrupt:
+            where = self.run.path if self.run else "RUN_DIR"
+            raise TrainingInterrupted(
+                f"interrupted during the final evaluation; the checkpoint of step {self.step} is saved; "
+                f"evaluate it with: softintrovae evaluate {where}"
+            ) from None
         if self.process.is_main:
             self.run.write_final_metrics(
                 {"step": self.step, "total_steps": self.total_steps, **metrics, "train_seconds": round(self.train_seconds, 1)}
@@ -410,6 +421,7 @@ class Trainer:
 class RunResult:
     run_dir: Path
     metrics: dict[str, float]
+    already_finished: bool = False  # a resume found nothing left to do: these are the run's final metrics
 
 
 def _record_or_unlock(run: RunDir, argv: list[str]) -> None:
@@ -436,8 +448,8 @@ def train(
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(config.to_dict(), overrides)
-    trainer = Trainer(config, None)  # data and models first: a missing dataset leaves no run directory behind
-    path = Path(out or default_run_dir(config.name))
+    path = RunDir.check_new(out or default_run_dir(config.name))  # a place it cannot write stops it before any work
+    trainer = Trainer(config, None)  # data and models next: a missing dataset leaves no run directory behind
     if trainer.process.is_main:
         trainer.run = RunDir.create(path, config)
         _record_or_unlock(trainer.run, argv or ["python-api", "train", config.name])
@@ -445,17 +457,23 @@ def train(
 
 
 def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None, argv: list[str] | None = None) -> RunResult:
-    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``)."""
+    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``).
+
+    A run that already trained all its steps and was evaluated is left untouched: its final metrics
+    come back with ``already_finished`` set (nothing is trained, evaluated or recorded).
+    """
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
     trainer = Trainer.resume(path, overrides)
-    if trainer.process.is_main:
+    if trainer.process.is_main and trainer.finished is None:
         _record_or_unlock(trainer.run, argv or ["python-api", "resume", str(path)])
-    return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
+    return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit(), already_finished=trainer.finished is not None)
 
 
 def _check_feature_net(config: Config) -> None:
-    """FID/KID asked for explicitly need the dataset's feature net (training skips them without one)."""
+    """FID/KID asked for explicitly need an image run and the dataset's feature net (training skips them without one)."""
+    if config.eval.fid_samples and config.data.name in TOY2D:
+        raise UserError(f"FID/KID measure images; this is a 2D run ({config.data.name}), whose metrics are KL, JSD and gnELBO")
     net = feature_nets_dir() / f"{config.data.name}.pt"
     if config.eval.fid_samples and not net.is_file():
         raise UserError(
@@ -482,10 +500,11 @@ def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[st
         model = TrainedModel.load(run.path, config).to(resolve_device(config.train.device))
         data = build_data(config)  # the held-out images or points the metrics compare with
         total_steps = model.state.get("total_steps") or resolve_schedule(config, data, build_growth(config, data))[0]
-        run.record_command(argv or ["python-api", "evaluate", str(path)])
-        metrics = run_evaluation(build_evaluator(config, data), model.encoder, model.sampling_decoder, run, model.step, final=True)
+        evaluator = build_evaluator(config, data, progress=config.train.progress)
+        metrics = run_evaluation(evaluator, model.encoder, model.sampling_decoder, run, model.step, final=True)
         timing = {"train_seconds": round(float(model.state["train_seconds"]), 1)} if "train_seconds" in model.state else {}
         run.write_final_metrics({"step": model.step, "total_steps": total_steps, **metrics, **timing})
+        run.record_command(argv or ["python-api", "evaluate", str(path)])  # once it is done: an interrupted one did not evaluate
     finally:
         run.unlock()
     return RunResult(run.path, metrics)

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import UserError
 from ..ood import DatasetSpec, load_scored_images, run_ood
 from ..checkpoint import TrainedModel
+from ..checkpoint import require_images
 from .common import COMPARED_METHODS, compared_plan, compared_runs, markdown_table, write_json, write_markdown
 
 # Paper Table 7 (AUROC by the ELBO, mean of 3 seeds): (in, out) -> (VAE, Soft-IntroVAE)
@@ -54,6 +55,7 @@ def reproduce_ood(
     results = {}
     for method, path in paths.items():
         model = TrainedModel.load(path)
+        require_images(model, "OOD detection scores images, so it needs an image run")
         found, skipped = available_out_sets(model.input_shape)
         if not found:
             raise UserError(f"no out-of-distribution dataset loads on this machine ({'; '.join(skipped)})")
