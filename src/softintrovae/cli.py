@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
             raise UserError("--out cannot be combined with --resume (the run directory is RUN_DIR)")
         result = resume(args.resume, _overrides(args.set), argv=argv)
         if result.already_finished:
-            print(f"{args.resume} has already trained all its steps and been evaluated: nothing to do (raise train.steps to train longer)")
+            print(f"{args.resume} has already trained all its steps and been evaluated: nothing to do (raise train.steps, or train.epochs, to train longer)")
     else:
         if not args.config:
             raise UserError("train needs a preset name or a config .yaml file (or --resume RUN_DIR)")
