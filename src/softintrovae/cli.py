@@ -249,8 +249,6 @@ def cmd_feature_net(args) -> int:
 
     if args.dataset not in IMAGE_DATASETS:
         raise UserError(f"unknown image dataset {args.dataset!r}; choose from {', '.join(IMAGE_DATASETS)}")
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     out = check_writable(Path(args.out) if args.out else feature_nets_dir() / f"{args.dataset}.pt", "feature net file")
     images, labels = load_images(DataConfig(name=args.dataset, root=args.root))
     if labels is None:
