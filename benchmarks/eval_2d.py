@@ -29,6 +29,7 @@ from softintrovae.data import Toy2DStream
 from softintrovae.metrics import deterministic_negative_elbo, square_grid
 from softintrovae.models import MLPDecoder, MLPEncoder
 from softintrovae.objectives import kl_to_standard_normal
+from train_step_2d import matmul_peak_gflops  # the benchmark beside this one (python puts this folder on the path)
 
 
 @torch.no_grad()
@@ -38,16 +39,6 @@ def reference_negative_elbo(encoder, decoder, x, batch_size: int = 65536):
         mu, logvar = encoder(chunk)
         out.append(kl_to_standard_normal(mu, logvar, reduction="none") + (chunk - decoder(mu).float()).pow(2).sum(1))
     return torch.cat(out)
-
-
-def matmul_peak_gflops(n: int = 2048, seconds: float = 1.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 2:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
 
 
 def timed(function) -> tuple[float, float, torch.Tensor]:
@@ -72,7 +63,7 @@ def main() -> None:
         reference_negative_elbo(encoder, decoder, points[:4096])
     gflop = counter.get_total_flops() / 4096 * len(points) / 1e9
     print(f"CPU: torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; matmul peak {matmul_peak_gflops():.0f} GFLOP/s")  # fmt: skip
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; matmul peak {matmul_peak_gflops(torch.float32):.0f} GFLOP/s")  # fmt: skip
     print(f"{len(points):,} points, {gflop:.0f} GFLOP per evaluation")
     variants = {
         "reference": lambda: reference_negative_elbo(encoder, decoder, points),

@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
             raise UserError("--out cannot be combined with --resume (the run directory is RUN_DIR)")
         result = resume(args.resume, _overrides(args.set), argv=argv)
         if result.already_finished:
-            print(f"{args.resume} has already trained all its steps and been evaluated: nothing to do (raise train.steps to train longer)")
+            print(f"{args.resume} has already trained all its steps and been evaluated: nothing to do (raise train.steps, or train.epochs, to train longer)")
     else:
         if not args.config:
             raise UserError("train needs a preset name or a config .yaml file (or --resume RUN_DIR)")
@@ -283,8 +283,6 @@ def cmd_feature_net(args) -> int:
 
     if args.dataset not in IMAGE_DATASETS:
         raise UserError(f"unknown image dataset {args.dataset!r}; choose from {', '.join(IMAGE_DATASETS)}")
-    if args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     out = check_writable(Path(args.out) if args.out else feature_nets_dir() / f"{args.dataset}.pt", "feature net file")
     images, labels = load_images(DataConfig(name=args.dataset, root=args.root))
     if labels is None:

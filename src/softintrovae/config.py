@@ -295,7 +295,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 def _check_mapping(data: Any, section: str) -> None:
     if not isinstance(data, dict):
-        raise UserError(f"config section {section!r} must be a mapping, got {data!r}")
+        raise UserError(f"config section {section!r} must be a mapping, got {'null' if data is None else repr(data)}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
