@@ -255,7 +255,7 @@ RUN_DIRECTORIES: dict[str, Case] = {
     ),
     "unreadable lock file": (lambda p: (p.run / "lock").write_text("garbage") and ["evaluate", str(p.run)], "not a lock file"),
     "pictures of a 2D run": (lambda p: ["sample", str(p.run)], "is a 2D run"),
-    "no pictures": (lambda p: ["sample", str(p.image_run), "-n", "0"], "argument -n: must be an integer between 1 and 1024, got 0"),
+    "no pictures": (lambda p: ["sample", str(p.image_run), "-n", "0"], "argument -n/--n: must be an integer >= 1, got 0"),
     "sweep into another sweep": (lambda p: p.file("s/sweep.yaml", "source: other\n") and ["sweep", "vae-8gaussians", "--out", str(p.root / "s")], "holds a different sweep"),
 }
 
@@ -299,7 +299,7 @@ NUMBERS: dict[str, Case] = {
     "gnELBO grid too large": (lambda p: train(p, "vae-8gaussians", "--set", "eval.grid_size=100000"), "eval.grid_size must be an integer between 1 and 8192"),
     "negative picture seed": (lambda p: ["sample", str(p.image_run), "--seed", "-1"], "argument --seed: must be an integer >= 0, got -1"),
     "picture seed beyond int64": (lambda p: ["sample", str(p.image_run), "--seed", str(2**64)], "argument --seed: must be an integer >= 0"),
-    "too many pictures": (lambda p: ["sample", str(p.image_run), "-n", "5000"], "argument -n: must be an integer between 1 and 1024, got 5000"),
+    "too many pictures": (lambda p: ["sample", str(p.image_run), "-n", "5000"], "a grid holds at most 1024 images, got -n 5000"),
     "interpolation grid too large": (lambda p: ["interpolate", str(p.image_run), "--size", "1000"], "argument --size: must be an integer between 2 and 64"),
     "no importance samples": (lambda p: ["ood", str(p.image_run), "--out", "digits", "--samples", "0"], "argument --samples: must be an integer >= 1, got 0"),
     "no translation rows": (lambda p: ["translate", str(p.image_run), "--rows", "0"], "argument --rows: must be an integer between 1 and 64"),

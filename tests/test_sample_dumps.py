@@ -98,11 +98,11 @@ def test_default_paths_and_the_grid(runs, capsys):
     "args, message",
     [
         (["--format", "npz", "--grid"], "give one of them"),
-        (["--format", "tiff"], "invalid choice"),
+        (["--format", "tiff"], "--format must be one of npz, png, got 'tiff'"),
         (["--format", "npz", "--out", "{tmp}/samples.zip"], "must end in .npz"),
         (["--format", "png", "--out", "{tmp}/full"], "is not an empty folder"),
-        (["--format", "npz", "--n", "0"], "must be >= 1"),
-        (["--format", "npz", "--batch-size", "0"], "must be >= 1"),
+        (["--format", "npz", "--n", "0"], "must be an integer >= 1, got 0"),
+        (["--format", "npz", "--batch-size", "0"], "must be an integer >= 1, got 0"),
         (["--format", "npz", "--run", "{tmp}/run2d"], "is a 2D run"),
     ],
 )
