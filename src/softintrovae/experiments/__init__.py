@@ -54,7 +54,7 @@ EXPERIMENTS = {
         toy2d.collapse, "Figure 21", _TOY2D, ("collapse.md", "collapse.csv", "collapse.png"), toy2d.plan, files_first=True,
     ),
     "ood": Experiment(
-        ood.reproduce_ood, "Table 7", (*_COMPARED, "--samples", "--limit"),
+        ood.reproduce_ood, "Table 7", (*_COMPARED, "--samples", "--limit", "--datasets", "--roots"),
         ("ood.md", "ood.json", "vae/scores.png", "soft-introvae/scores.png"), ood.plan, files_first=False,
     ),
     "translation": Experiment(
