@@ -81,6 +81,8 @@ def test_the_cache_choice_follows_the_size_and_can_be_forced(tmp_path, npz):
     assert isinstance(build_data(config(data__cache="stream")), LoaderStream)
     assert build_data(config(data__cache="stream"), device=torch.device("cuda")).pin_memory  # batches pinned for CUDA
     assert not build_data(config(data__cache="stream"), device=torch.device("cpu")).pin_memory
+    with pytest.warns(UserWarning, match="data.cache is stream, but digits can only be read whole"):
+        assert isinstance(build_data(load_config("npz", {"data.name": "digits", "data.cache": "stream"})), ImageStream)
     with pytest.raises(UserError, match="data.cache must be one of auto, memory, stream, got 'disk'"):
         config(data__cache="disk")
     with pytest.raises(UserError, match="data.workers must be >= 0 or null, got -1"):

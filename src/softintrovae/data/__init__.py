@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, warn
 from .images import FolderImages, ImageStream, LabelledImages, load_digits_28, load_image_folder, load_mnist_family, load_npz, load_torchvision, pad_images
 from .points import PointStream, Standardization, load_points
 from .streaming import CACHE_MODES, LoaderStream, NpzImages, PaddedImages, UserImages, resolve_cache, resolve_workers
@@ -122,6 +122,8 @@ def build_data(config, rank: int = 0, world_size: int = 1, dataset: Any = None, 
             source = None
     else:
         source = None
+        if data.cache == "stream":
+            warn(f"data.cache is stream, but {data.name} can only be read whole: it is held in memory")
     if source is None:  # decoded into memory once
         images, labels = load_images(data, "train")
         return ImageStream(images, labels, data.batch_size, data.seed, rank=rank, world_size=world_size)
