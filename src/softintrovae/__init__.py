@@ -11,18 +11,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .callbacks import STOP, Callback, StopAtStep  # noqa: E402
 from .config import Config, load_config, load_presets  # noqa: E402
 from .errors import TrainingDiverged, UserError  # noqa: E402
 from .methods import METHODS, IntroVAE, Method, SoftIntroVAE, VAE  # noqa: E402
 from .trainer import RunResult, Trainer, evaluate, resume, train  # noqa: E402
 
 __all__ = [
+    "STOP",
+    "Callback",
     "Config",
     "IntroVAE",
     "METHODS",
     "Method",
     "RunResult",
     "SoftIntroVAE",
+    "StopAtStep",
     "Trainer",
     "TrainingDiverged",
     "UserError",
