@@ -44,7 +44,15 @@ def collate_images(items: Sequence[ImageItem]) -> tuple[Tensor, Tensor | None]:
 
 
 def free_memory_bytes() -> int | None:
-    """Memory the system has available now (None where the platform does not say)."""
+    """Memory the system could give now: Linux's MemAvailable (free memory and reclaimable cache),
+    else the free pages; None where the platform says neither."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
