@@ -69,6 +69,10 @@ def as_cli_sets(overrides: dict) -> list[str]:
 
 # ---- IDX files (MNIST's format) ---------------------------------------------------------------------
 
+# The canonical MNIST beside the project (``../shared/data/mnist``); tests that need it skip without it.
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
 IDX_TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 
 

@@ -35,6 +35,9 @@ _EXPORTS = {  # name -> the module that defines it
     "Method": "methods",
     "SoftIntroVAE": "methods",
     "VAE": "methods",
+    "STOP": "callbacks",
+    "Callback": "callbacks",
+    "StopAtStep": "callbacks",
     "TrainedModel": "checkpoint",
     "export_model": "checkpoint",
     "RunResult": "trainer",
@@ -45,6 +48,7 @@ _EXPORTS = {  # name -> the module that defines it
 }
 
 if TYPE_CHECKING:
+    from .callbacks import STOP, Callback, StopAtStep
     from .checkpoint import TrainedModel, export_model
     from .config import Config, load_config, load_presets
     from .errors import TrainingDiverged, UserError

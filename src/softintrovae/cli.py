@@ -198,7 +198,7 @@ def _csv_list(text: str | None, cast=str) -> list | None:
         raise UserError(f"{text!r} must be a comma-separated list of numbers") from None
 
 
-LIST_FLAGS = {"datasets": str, "methods": str, "margins": float}  # reproduce's comma-separated flags, by element type
+LIST_FLAGS = {"datasets": str, "methods": str, "margins": float, "roots": str}  # reproduce's comma-separated flags, by element type
 
 
 def cmd_reproduce(args) -> int:
@@ -368,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_int_in(2), help="ood: images per set at most (default {ood[limit]})")
     p.add_argument("--seeds", type=COUNT, help="seeds per setting (default: {seeds})")
     p.add_argument("--iterations", type=COUNT, help="training iterations per run (paper: {table2[iterations]})")
-    p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings")
+    p.add_argument("--datasets", help="table2: comma-separated subset of 8gaussians,spiral,checkerboard,rings; "
+                   "ood: in-distribution sets, e.g. fashion-mnist,mnist (Table 7's MNIST rows)")
+    p.add_argument("--roots", help="ood: where datasets are, NAME=ROOT[,NAME=ROOT] (e.g. mnist=../shared/data/mnist)")
     p.add_argument("--methods", help="table2: comma-separated subset of vae,introvae,soft-introvae")
     p.add_argument("--margins", help="stability: comma-separated IntroVAE margins (default 1,2,...,10)")
     p.add_argument("--workers", type=COUNT, help="parallel runs, one torch thread each (default: CPU count)")

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import DATASETS
+from .data import CACHE_MODES, DATASETS
 from .errors import UserError
 from .limits import INT_MAX, SEED_MAX, check_int
+from .loggers import LOGGERS
 from .methods import METHODS
 from .models import ARCHITECTURES
 from .objectives import RECONSTRUCTION_KINDS
@@ -58,6 +59,12 @@ class DataConfig:
     root: str | None = None  # image data: the folder or file to read (None: the dataset's default place)
     image_size: int = 64  # image folders and CelebA: the side images are resized and cropped to
     pad_to: int = 0  # > 0: zero-pad images centred to pad_to x pad_to (e.g. 28x28 Fashion-MNIST to 32x32)
+    # image folders and .npz: hold the decoded images in memory, or read them on demand (stream);
+    # auto holds them when they fit cache_max_mb and a quarter of the free memory
+    cache: str = "auto"
+    cache_max_mb: int = 4096
+    workers: int | None = None  # DataLoader worker processes when streaming (None: half the CPUs, at most 8)
+    standardize: bool = True  # points: train on (x - mean) / std per coordinate
 
     def __post_init__(self) -> None:
         _check_choice("data.name", self.name, tuple(DATASETS))
@@ -65,6 +72,9 @@ class DataConfig:
         _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
         _check(self.pad_to >= 0, f"data.pad_to must be >= 0, got {self.pad_to}")
         _check_seed(self, "data")
+        _check_choice("data.cache", self.cache, CACHE_MODES)
+        _check(self.cache_max_mb >= 0, f"data.cache_max_mb must be >= 0, got {self.cache_max_mb}")
+        _check(self.workers is None or self.workers >= 0, f"data.workers must be >= 0 or null, got {self.workers}")
 
 
 @dataclass
@@ -166,6 +176,7 @@ class TrainConfig:
     # a NaN/inf loss or gradient: stop (keeping the last good checkpoint), or skip the batch's updates and go on
     on_nonfinite: str = "stop"
     max_consecutive_skips: int = 10  # with skip: stop after this many non-finite batches in a row
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # also tensorboard, csv (jsonl is always written)
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
@@ -181,6 +192,8 @@ class TrainConfig:
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
         _check(self.ema_half_life >= 0, f"train.ema_half_life must be >= 0, got {self.ema_half_life}")
         _check_seed(self, "train")
+        for name in self.loggers:
+            _check_choice("train.loggers", name, tuple(LOGGERS))
 
 
 GROWTH_UNITS = ("epochs", "images")

@@ -14,11 +14,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import Config
-from .data import HAS_TEST_SPLIT, ImageStream, Toy2DStream, load_images
+from .data import HAS_TEST_SPLIT, Toy2DStream, load_images
+from .data.sampling import ImageEpochStream
 from .metrics import compare_histograms, deterministic_negative_elbo, grid_normalized_elbo, histogram_density, square_grid
 from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_net
 from .models import Decoder, class_labels, eval_mode, forward, num_classes_of
 from .objectives import kl_to_standard_normal, reconstruction_loss
+from .points_evaluation import PointsEvaluator
 from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
 from .files import atomic_write_bytes
 
@@ -37,6 +39,7 @@ class Toy2DEvaluator:
     def __init__(self, config: Config, data: Toy2DStream, progress: bool = False):
         self.config, self.data, self.progress = config, data, progress
         self._fixed: dict[str, object] = {}
+        self.pictures: dict[str, Path] = {}  # name -> PNG written by the last evaluation
 
     def fixed(self, z_dim: int) -> dict[str, object]:
         """The same at every evaluation, drawn on first use: ``real`` points and their histogram ``p``,
@@ -75,6 +78,7 @@ class Toy2DEvaluator:
                 samples_path = out_dir / "plots" / f"samples_step{step:07d}.png"
             title = f"{name}, step {step}: KL {metrics['kl']:.3f}, JSD {metrics['jsd_official']:.3f}"
             plot_samples(real, generated, limit, samples_path, title)
+        self.pictures = {"samples": samples_path, **({"density": out_dir / "density.png"} if final else {})}
         return metrics
 
     def negative_elbos(self, encoder: nn.Module, decoder: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,8 +135,9 @@ class ImageEvaluator:
     CHUNK = 128  # images per forward pass, to bound memory at large image sizes
     FEATURE_NET_NAMES = {"fashion-mnist": "fmnistnet"}
 
-    def __init__(self, config: Config, data: ImageStream):
+    def __init__(self, config: Config, data: ImageEpochStream):
         self.config, self.data = config, data
+        self.pictures: dict[str, Path] = {}  # name -> PNG written by the last evaluation
         self._held_out: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._extractor: FeatureExtractor | None = None
 
@@ -178,7 +183,8 @@ class ImageEvaluator:
         plot_image_grid(pairs.numpy(), 8, paths[0], f"{title}: real | reconstruction, rec_mse {metrics['rec_mse']:.4g}")
         plot_image_grid(samples.numpy(), 8, paths[1], f"{title}: samples")
         path = out_dir / "multires.png" if final else out_dir / "plots" / f"multires_step{step:07d}.png"
-        self.plot_multiresolution(decoder, z[:8].to(device), path, title)  # a progressively grown decoder only
+        multires = self.plot_multiresolution(decoder, z[:8].to(device), path, title)  # a progressively grown decoder only
+        self.pictures = {"reconstructions": paths[0], "samples": paths[1], **({"multires": multires} if multires else {})}
         return metrics
 
     @staticmethod
@@ -215,13 +221,17 @@ class ImageEvaluator:
 
         labels = class_labels(n, num_classes_of(decoder))
         fake = generate_images(decoder, n, decoder.z_dim, seed=self.config.eval.seed + 2, device=device, labels=labels)
-        result = compute_fid_kid(self.data.images, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
+        result = compute_fid_kid(self.data.real_images(n), fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
         fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
         return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}
 
 
-def build_evaluator(config: Config, data: Toy2DStream | ImageStream, progress: bool = False) -> Toy2DEvaluator | ImageEvaluator:
-    """The evaluator for ``data``'s kind; ``progress``: show a bar over the long final passes."""
-    if isinstance(data, ImageStream):
+def build_evaluator(config: Config, data, progress: bool = False) -> Toy2DEvaluator | ImageEvaluator | PointsEvaluator:
+    """Images: :class:`ImageEvaluator`; 2D points (the toy sets or a file's): :class:`Toy2DEvaluator`
+    over the data's square; points of other dimensions: :class:`PointsEvaluator`. ``progress``: show a
+    bar over the long final 2D passes."""
+    if len(data.input_shape) == 3:
         return ImageEvaluator(config, data)
-    return Toy2DEvaluator(config, data, progress)
+    if tuple(data.input_shape) == (2,):
+        return Toy2DEvaluator(config, data, progress)
+    return PointsEvaluator(config, data)

@@ -74,7 +74,7 @@ EXPERIMENTS = {
         files_first=True,
     ),
     "ood": Experiment(
-        _OnUse("ood", "reproduce_ood"), "Table 7", (*_COMPARED, "--samples", "--limit"),
+        _OnUse("ood", "reproduce_ood"), "Table 7", (*_COMPARED, "--samples", "--limit", "--datasets", "--roots"),
         ("ood.md", "ood.json", "vae/scores.png", "soft-introvae/scores.png"), _OnUse("ood", "plan"), files_first=False,
     ),
     "translation": Experiment(
