@@ -365,9 +365,11 @@ class Trainer:
         metrics = None
         try:
             if self.finished is not None:
-                return dict(self.finished)
+                metrics = dict(self.finished)
+                return metrics
             self._callback("on_train_start")
-            return self._fit()
+            metrics = self._fit()
+            return metrics
         finally:
             try:
                 self.callbacks.call("on_train_end", self, metrics or None)
@@ -512,7 +514,8 @@ def train(
     if trainer.process.is_main:
         trainer.run = RunDir.create(path, trainer.config)
         _record_or_unlock(trainer.run, argv or ["python-api", "train", config.name])
-    return RunResult(path, trainer.fit(), trainer.stopped_at)
+    metrics = trainer.fit()
+    return RunResult(path, metrics, stopped_at=trainer.stopped_at)
 
 
 def resume(
