@@ -69,6 +69,10 @@ def as_cli_sets(overrides: dict) -> list[str]:
 
 # ---- IDX files (MNIST's format) ---------------------------------------------------------------------
 
+# The canonical MNIST beside the project (``../shared/data/mnist``); tests that need it skip without it.
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
 IDX_TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 
 
@@ -92,3 +96,59 @@ def write_mnist_files(root: Path, prefix: str, count: int, seed: int = 0) -> tup
     write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
     write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return images, labels
+
+
+# ---- tiny style-based runs ---------------------------------------------------------------------------
+
+
+def write_npz(path, n=48, size=16):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    centres = rng.integers(3, size - 3, size=(n, 2))
+    images = ((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2 < 9) * 255
+    np.savez(path, images=images.astype(np.uint8))
+    return path
+
+
+def style_overrides(npz, **extra):
+    return {
+        "data.name": "npz",
+        "data.root": str(npz),
+        "data.pad_to": 0,
+        "data.batch_size": 8,
+        "model.channels": [8, 8, 4],
+        "model.z_dim": 8,
+        "model.mapping_layers": 2,
+        "growth.unit": "images",
+        "growth.per_level": [32, 48, 48],
+        "growth.blend": [24],
+        "growth.batch_sizes": [8, 8, 4],
+        "growth.beta_neg": [64, 32, 16],
+        "method.vae_warmup_steps": 2,
+        "train.progress": False,
+        "train.checkpoint_every": 1000,
+        "train.log_every": 2,
+        "train.ema_half_life": 64,
+        **extra,
+    }
+
+
+# ---- imported runs ------------------------------------------------------------------------------------
+
+
+def use_with_every_command(run, tmp_path, image_hwc: tuple[int, int, int]) -> None:
+    """sample, reconstruct, interpolate (on 4 random images), a 3-sample npz dump and export
+    (to ``tmp_path / "model.safetensors"``) of ``run``, each with exit status 0."""
+    from softintrovae.cli import main
+
+    images = tmp_path / "images.npz"
+    np.savez(images, images=np.random.default_rng(0).integers(0, 256, (4, *image_hwc), dtype=np.uint8))
+    for argv in (
+        ["sample", str(run), "-n", "4"],
+        ["reconstruct", str(run), "-n", "4", "--images", str(images)],
+        ["interpolate", str(run), "--size", "3", "--images", str(images)],
+        ["sample", str(run), "--n", "3", "--format", "npz", "--out", str(tmp_path / "samples.npz")],
+        ["export", str(run), "--out", str(tmp_path / "model.safetensors")],
+    ):
+        assert main(argv) == 0, argv
+    assert np.load(tmp_path / "samples.npz")["images"].shape == (3, *image_hwc)

@@ -111,3 +111,39 @@ def test_bad_input_gives_one_line_and_exit_code_2(case, tmp_path, capsys):
 def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "softintrovae", "presets"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "soft-introvae-8gaussians" in proc.stdout
+
+
+HEAVY_MODULES = ("torch", "matplotlib", "numpy")
+_IMPORTS_AFTER = """
+import sys
+from softintrovae.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("heavy:", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["presets"], ["train", "--help"], ["evaluate", "--help"]], ids=" ".join)
+def test_help_version_and_presets_do_not_import_torch(argv):
+    """They start at once: the commands import the library (torch, matplotlib) only when they run."""
+    script = _IMPORTS_AFTER.format(heavy=HEAVY_MODULES)
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "heavy: []", proc.stdout
+
+
+def test_reproduce_help_shows_the_experiments_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "ood: importance samples M (default 5)" in out and "seeds per setting (default: table2 5, stability 3, collapse 3)" in out
+    assert "(paper: 30000)" in out
+
+
+def test_the_package_api_loads_on_first_use():
+    script = "import sys, softintrovae; assert 'torch' not in sys.modules; from softintrovae import train, load_config, SoftIntroVAE, UserError; print(train.__module__, SoftIntroVAE.__module__)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["softintrovae.trainer", "softintrovae.methods"]

@@ -25,9 +25,8 @@ from softintrovae.data.images import (
 )
 from softintrovae.errors import UserError
 
-from .conftest import idx_bytes, write_idx, write_mnist_files
+from .conftest import DEBIAN_FASHION_MNIST, MNIST, idx_bytes, write_idx, write_mnist_files
 
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # --- IDX files ------------------------------------------------------------------------------------
 
 
@@ -74,6 +73,21 @@ def test_mnist_family_reads_train_and_test_splits_from_a_root(tmp_path):
     np.testing.assert_array_equal(labels.numpy(), train_labels)
     images, labels = load_mnist_family("fashion-mnist", str(tmp_path), split="test")
     assert images.shape == (3, 1, 28, 28) and labels.shape == (3,)
+
+
+def test_mnist_family_reads_the_folder_torchvision_downloaded_to(tmp_path):
+    for folder in ("MNIST", "FashionMNIST"):
+        (tmp_path / folder / "raw").mkdir(parents=True)
+        expected, _ = write_mnist_files(tmp_path / folder / "raw", "train", 4, seed=len(folder))
+        name = "mnist" if folder == "MNIST" else "fashion-mnist"
+        np.testing.assert_array_equal(load_mnist_family(name, tmp_path)[0][:, 0].numpy(), expected)
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="MNIST is not in ../shared/data/mnist")
+def test_the_canonical_mnist():
+    images, labels = load_mnist_family("mnist", MNIST)
+    assert images.shape == (60000, 1, 28, 28) and torch.equal(labels.bincount(), torch.tensor([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]))
+    assert load_mnist_family("mnist", MNIST, "test")[0].shape == (10000, 1, 28, 28)
 
 
 def test_mnist_family_errors_name_the_problem(tmp_path, monkeypatch):

@@ -151,14 +151,28 @@ def image_overrides(tmp_path_factory):
     }  # fmt: skip
 
 
-def test_image_run_killed_at_a_random_step_resumes_bit_for_bit(tmp_path, image_overrides, single_thread):
+def kill_resume_and_compare(tmp_path, overrides: dict, seed: int) -> Path:
+    """Train the npz preset uninterrupted, then again from the CLI killed at a random step and
+    resumed; both end with the same training state. Returns the resumed run."""
     reference, out = tmp_path / "reference", tmp_path / "run"
-    train("npz", out=reference, overrides=image_overrides)
-    proc = start(["train", "npz", "--out", str(out), *cli_sets(image_overrides)])
-    kill_at(proc, [out], random.Random(3).randrange(12, 28))
+    train("npz", out=reference, overrides=overrides)
+    proc = start(["train", "npz", "--out", str(out), *cli_sets(overrides)])
+    kill_at(proc, [out], random.Random(seed).randrange(12, 28))
     with pytest.warns(RunWarning, match="took over the lock"):
         resume(out)
     assert_same_training(out, reference)  # BatchNorm running statistics included
+    return out
+
+
+def test_image_run_killed_at_a_random_step_resumes_bit_for_bit(tmp_path, image_overrides, single_thread):
+    kill_resume_and_compare(tmp_path, image_overrides, seed=3)
+
+
+def test_streamed_image_run_with_workers_killed_at_a_random_step_resumes_bit_for_bit(tmp_path, image_overrides, single_thread):
+    """The images read on demand (a memory-mapped .npz) by two DataLoader worker processes."""
+    out = kill_resume_and_compare(tmp_path, {**image_overrides, "data.cache": "stream", "data.workers": 2}, seed=5)
+    assert json.loads((out / "data.json").read_text())["workers"] == 2
+    assert load_checkpoint(RunDir(out).latest_checkpoint())["data"]["epoch"] == 8  # 40 steps of 5 per epoch
 
 
 # --- sweeps ---------------------------------------------------------------------------------------

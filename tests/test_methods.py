@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from softintrovae.config import MethodConfig
+from softintrovae.errors import UserError
 from softintrovae.data import Toy2DStream
 from softintrovae.methods import IntroVAE, SoftIntroVAE, VAE
 from softintrovae.models import MLPDecoder, MLPEncoder
@@ -103,12 +104,23 @@ def test_each_phase_updates_only_its_own_network(cls):
     assert not torch.equal(params(decoder), dec0)
 
 
-def test_introvae_step_equals_pass_by_pass_formula():
-    """IntroVAE's batched step against Appendix 9.1.1 written out call by call."""
+@pytest.mark.parametrize("negatives", ["prior", "both"])
+@pytest.mark.parametrize("hinge", ["per-sample", "batch-mean"])
+def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge):
+    """IntroVAE's step against Appendix 9.1.1 written out call by call: the decoded prior samples as the
+    negatives (or also the reconstructions), the hinge on each sample's KL (or on the batch mean)."""
     encoder, decoder, opts = make_pair()
+    with torch.no_grad():  # spread the negatives' KLs around the margin (≈ 1.7 … 2.2), so the two hinges differ
+        encoder.net[-1].weight.mul_(40)
+        decoder.net[-1].weight.mul_(10)
     ref_e, ref_d, (ref_oe, ref_od) = clone(encoder, decoder, opts)
-    config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, **HP)
+    config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, introvae_negatives=negatives, introvae_hinge=hinge, **HP)
     method = IntroVAE(encoder, decoder, *opts, config, scale=1.0, z_dim=2)
+
+    def kls(fakes):
+        per_sample = [kl_to_standard_normal(*ref_e(v), reduction="none") for v in fakes]
+        return per_sample if hinge == "per-sample" else [k.mean() for k in per_sample]
+
     for i, x in enumerate(batches(3)):
         torch.manual_seed(i)
         ours = method.step(x, i)
@@ -117,20 +129,28 @@ def test_introvae_step_equals_pass_by_pass_formula():
         mu, logvar = ref_e(x)
         x_r = ref_d(reparameterize(mu, logvar))
         x_f = ref_d(z_prior)
+        fakes = [x_r, x_f] if negatives == "both" else [x_f]
         rec = reconstruction_loss(x, x_r)
-        kls = [kl_to_standard_normal(*ref_e(v.detach())) for v in (x_r, x_f)]
-        loss_e = introvae_encoder_loss(rec, kl_to_standard_normal(mu, logvar), kls, beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, margin=2.0)
+        kl_e = kls([v.detach() for v in fakes])
+        loss_e = introvae_encoder_loss(rec, kl_to_standard_normal(mu, logvar), kl_e, beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, margin=2.0)
         ref_oe.zero_grad()
         loss_e.backward(inputs=list(ref_e.parameters()), retain_graph=True)
         ref_oe.step()
-        kls = [kl_to_standard_normal(*ref_e(v)) for v in (x_r, x_f)]
-        loss_d = introvae_decoder_loss(rec, kls, beta_rec=0.2, beta_neg=0.9)
+        loss_d = introvae_decoder_loss(rec, kls(fakes), beta_rec=0.2, beta_neg=0.9)
         ref_od.zero_grad()
         loss_d.backward(inputs=list(ref_d.parameters()))
         ref_od.step()
         assert ours["loss_encoder"].item() == pytest.approx(loss_e.item(), abs=1e-6)
         assert ours["loss_decoder"].item() == pytest.approx(loss_d.item(), abs=1e-6)
+        assert set(ours) >= ({"kl_rec", "kl_fake"} if negatives == "both" else {"kl_fake"})
     assert torch.allclose(params(encoder, decoder), params(ref_e, ref_d), atol=1e-6)
+
+
+def test_introvae_defaults_to_the_appendix_objective():
+    config = MethodConfig(name="introvae")
+    assert (config.introvae_negatives, config.introvae_hinge) == ("prior", "per-sample")
+    with pytest.raises(UserError, match="method.introvae_hinge must be one of per-sample, batch-mean"):
+        MethodConfig(name="introvae", introvae_hinge="mean")
 
 
 def test_vae_method_updates_both_networks_jointly():

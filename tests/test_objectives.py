@@ -112,6 +112,18 @@ def test_introvae_losses_by_hand():
     assert loss_d.item() == pytest.approx(0.5 * 2 + 2.0 * 1.75)
 
 
+def test_introvae_hinge_per_sample_differs_from_the_hinge_on_the_batch_mean():
+    """Appendix 9.1.1's L_E(x, z) takes [m − KL]₊ of each sample; IntroVAE's official code of the mean."""
+    rec, kl = torch.tensor(2.0), torch.tensor(1.0)
+    per_sample = torch.tensor([0.5, 3.5])  # margin 2: hinges 1.5 and 0; the mean KL 2.0 is at the margin
+    loss_e = introvae_encoder_loss(rec, kl, [per_sample], beta_rec=0.5, beta_kl=0.25, beta_neg=2.0, margin=2.0)
+    assert loss_e.item() == pytest.approx(0.5 * 2 + 0.25 * 1 + 2.0 * (1.5 + 0.0) / 2)
+    on_mean = introvae_encoder_loss(rec, kl, [per_sample.mean()], beta_rec=0.5, beta_kl=0.25, beta_neg=2.0, margin=2.0)
+    assert on_mean.item() == pytest.approx(0.5 * 2 + 0.25 * 1)
+    loss_d = introvae_decoder_loss(rec, [per_sample], beta_rec=0.5, beta_neg=2.0)
+    assert loss_d.item() == pytest.approx(0.5 * 2 + 2.0 * 2.0)  # the decoder's term is the mean either way
+
+
 def test_soft_introvae_encoder_loss_gradient_matches_finite_differences():
     e = torch.rand(4, dtype=torch.float64, requires_grad=True)
     rec = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)

@@ -1,4 +1,5 @@
-"""Importing checkpoints of the official Soft-IntroVAE image trainer: output parity, inspection, errors.
+"""Importing checkpoints of the official Soft-IntroVAE image trainer: output parity, inspection, errors,
+and ``softintrovae import-official``, which makes a run directory of one.
 
 The fixtures (``shared/fixtures/official-checkpoints``, beside the repository) are checkpoints written
 by the official trainer's own model, with that model's eval-mode outputs for four inputs.
@@ -6,15 +7,21 @@ by the official trainer's own model, with that model's eval-mode outputs for fou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from softintrovae.config import load_config
+import softintrovae
+from softintrovae.checkpoint import load_checkpoint
+from softintrovae.cli import main
+from softintrovae.config import load_config, load_run_config
 from softintrovae.errors import UserError
 from softintrovae.official import import_official, inspect_official, read_official
+
+from .conftest import use_with_every_command
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -158,3 +165,75 @@ def test_model_arch_must_be_resnet(tmp_path):
     assert (info["image_shape"], info["channels"], info["z_dim"], info["num_classes"]) == ((1, 8, 8), [4], 2, 0)
     with pytest.raises(UserError, match="model.arch=resnet"):
         import_official(path, load_config("fashion-mnist", {"model.arch": "mlp"}))
+
+
+# ---- softintrovae import-official: a run directory of ours ----------------------------------------
+
+
+def import_argv(name: str, out: Path, preset: str | None = None, overrides: dict | None = None) -> list[str]:
+    preset_of, overrides_of, _ = CASES[name]
+    sets = [a for k, v in (overrides_of if overrides is None else overrides).items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    return ["import-official", str(checkpoint(name)), "--preset", preset or preset_of, *sets, "--out", str(out)]
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", CASES)
+def test_import_official_writes_a_run_whose_model_computes_the_official_outputs(name, tmp_path, capsys):
+    preset, overrides, held = CASES[name]
+    out = tmp_path / "run"
+    assert main(import_argv(name, out)) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "command.txt", "config.yaml"]
+    assert load_run_config(out / "config.yaml") == load_config(preset, overrides)
+    assert (out / "command.txt").read_text().startswith(f"softintrovae import-official {checkpoint(name)} --preset {preset}")
+    state = load_checkpoint(out / "checkpoints" / "step_0000007.pt")  # written with its checksum, which is checked here
+    assert state["step"] == 7 and state["imported"]["epoch"] == 7 and "optimizers" not in state
+    model = softintrovae.load(out)
+    assert (model.step, model.input_shape, model.num_classes) == (7, held["image_shape"], held["num_classes"])
+    reference = dict(np.load(FIXTURES / f"{name}_io.npz"))
+    labels = torch.from_numpy(reference["y_onehot"]).argmax(1) if held["num_classes"] else None
+    mu, logvar = model.encode(torch.from_numpy(reference["x"]), labels)
+    decoded = model.decode(torch.from_numpy(reference["z"]), labels)
+    for produced, key in ((mu, "mu"), (logvar, "logvar"), (decoded, "decoded")):
+        np.testing.assert_allclose(produced.numpy(), reference[key], rtol=0, atol=1e-5, err_msg=key)
+
+
+@needs_fixtures
+@pytest.mark.parametrize(
+    "name, preset, overrides, message",
+    [
+        ("fmnist28", "cifar10", {}, "does not fit cifar10: encoder.main.0.weight has shape (64, 1, 5, 5)"),
+        ("cifar32-cond", "cifar10", {"model.channels": [16, 32, 64], "model.z_dim": 16}, "model.conditional=true"),
+        ("celeb64-small", "celeba256", {"model.channels": [8, 16, 32, 64], "model.z_dim": 24}, "use 3×64×64 images"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_the_preset_is_one_line_exit_2_and_no_run(name, preset, overrides, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(import_argv(name, out, preset, overrides)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+@needs_fixtures
+def test_import_official_refuses_a_missing_file_and_an_existing_run(tmp_path, capsys):
+    assert main(["import-official", str(tmp_path / "absent.pth"), "--preset", "fashion-mnist", "--out", str(tmp_path / "a")]) == 2
+    assert main(import_argv("fmnist28", tmp_path / "run")) == 0
+    assert main(import_argv("fmnist28", tmp_path / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "does not exist" in err[0] and "already holds a run" in err[1]
+    assert not (tmp_path / "a").exists()
+
+
+@needs_fixtures
+def test_an_imported_run_is_sampled_reconstructed_and_exported_but_not_resumed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(import_argv("fmnist28", out)) == 0
+    use_with_every_command(out, tmp_path, (28, 28, 1))
+    assert softintrovae.load(tmp_path / "model.safetensors").step == 7
+    config, checkpoints = (out / "config.yaml").read_text(), sorted((out / "checkpoints").iterdir())
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--set", "train.epochs=300"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was imported from the official Soft-IntroVAE image trainer" in err[0] and "cannot be resumed" in err[0]
+    assert (out / "config.yaml").read_text() == config and sorted((out / "checkpoints").iterdir()) == checkpoints

@@ -16,7 +16,7 @@ from softintrovae.likelihood import bits_per_dim, decoder_log_likelihood, score_
 from softintrovae.ood import auroc
 from softintrovae.trainer import train
 
-from .conftest import tiny_image
+from .conftest import DEBIAN_FASHION_MNIST, MNIST, tiny_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -170,3 +170,25 @@ def test_reproduce_ood_trains_both_models_then_reuses_them(tmp_path):
     again = reproduce_ood(out, preset="npz", overrides=overrides, samples=2, limit=20, progress=False)
     assert (out / "vae" / "metrics.json").stat().st_mtime_ns == before  # finished runs are reused, not retrained
     assert again["soft-introvae"]["auroc"] == first["soft-introvae"]["auroc"]  # seeded scoring
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MNIST.is_dir() and DEBIAN_FASHION_MNIST.is_dir()), reason="needs MNIST in ../shared/data/mnist and Debian's Fashion-MNIST")
+def test_reproduce_ood_writes_table7s_mnist_rows_beside_the_papers(tmp_path, capsys):
+    """Fashion-MNIST -> MNIST and MNIST -> Fashion-MNIST, both methods, with a budget of two steps."""
+    out = tmp_path / "ood"
+    tiny = ["model.channels=[4]", "model.z_dim=4", "data.batch_size=8", "train.epochs=0", "train.steps=2", "train.progress=false",
+            "train.eval_every=0"]  # fmt: skip
+    argv = ["reproduce", "ood", "--datasets", "fashion-mnist,mnist", "--roots", f"mnist={MNIST}", "--out", str(out),
+            "--samples", "2", "--limit", "40", *[a for s in tiny for a in ("--set", s)]]  # fmt: skip
+    assert main(argv) == 0
+    table = (out / "ood.md").read_text()
+    assert "| fashion-mnist | mnist |" in table and "| 0.996 | 0.999 |" in table
+    assert "| mnist | fashion-mnist |" in table and "| 0.992 | 0.999 |" in table
+    assert table in capsys.readouterr().out
+    saved = json.loads((out / "ood.json").read_text())
+    for in_set, out_set in (("fashion-mnist", f"mnist={MNIST}"), ("mnist", "fashion-mnist")):
+        for method in ("vae", "soft-introvae"):
+            result = saved[in_set][method]
+            assert result["step"] == 2 and 0 <= result["auroc"][out_set] <= 1 and result["counts"]["in-test"] == 40
+            assert (out / in_set / method / "ood" / "scores.png").is_file()

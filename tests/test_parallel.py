@@ -18,7 +18,7 @@ from torch import nn
 from softintrovae.cli import main
 from softintrovae.config import MethodConfig, load_config
 from softintrovae.data import ImageStream
-from softintrovae.errors import UserError
+from softintrovae.errors import RunWarning, UserError
 from softintrovae.methods import SoftIntroVAE, Stepper
 from softintrovae.models import build_models
 from softintrovae.models.resnet import ResidualDecoder, ResidualEncoder
@@ -173,10 +173,13 @@ def test_averaged_gradients_equal_the_full_batch_gradient(tmp_path):
             torch.testing.assert_close(value, model.state_dict()[key])
 
 
-def test_two_process_torchrun_run(npz, tmp_path):
-    """torchrun, 2 gloo processes: same weights everywhere, different data shards, rank 0 alone
-    writes the run, and the run resumes in a single process."""
-    overrides = tiny_image(npz, train__steps=6, train__checkpoint_every=3, model__conditional=True, data__batch_size=4)
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_two_process_torchrun_run(npz, tmp_path, cache):
+    """torchrun, 2 gloo processes: same weights everywhere, different data shards (held in memory, or
+    read by a DataLoader worker per process), rank 0 alone writes the run, and the run resumes in a
+    single process."""
+    overrides = tiny_image(npz, train__steps=6, train__checkpoint_every=3, model__conditional=True, data__batch_size=4,
+                           data__cache=cache, data__workers=1)  # fmt: skip
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path), json.dumps(overrides),
@@ -196,6 +199,7 @@ def test_two_process_torchrun_run(npz, tmp_path):
     for key, value in state["encoder"].items():
         if f"encoder.{key}" in ranks[0]["params"]:
             assert torch.equal(value, ranks[0]["params"][f"encoder.{key}"])
-    trainer = Trainer.resume(run.path, {"train.steps": 8})
+    with pytest.warns(RunWarning, match="world_size 2 then, 1 now"):  # the shards' order cannot continue exactly
+        trainer = Trainer.resume(run.path, {"train.steps": 8})
     trainer.fit()
     assert trainer.step == 8

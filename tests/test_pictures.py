@@ -62,8 +62,8 @@ def test_picture_commands_write_pngs(image_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["sample", "{run}", "-n", "0"], "must be >= 1"),
-        (["interpolate", "{run}", "--size", "1"], "--size must be >= 2"),
+        (["sample", "{run}", "-n", "0"], "argument -n/--n: must be an integer >= 1, got 0"),
+        (["interpolate", "{run}", "--size", "1"], "argument --size: must be an integer between 2 and 64, got 1"),
         (["reconstruct", "{missing}"], "does not exist"),
         (["sample", "{run2d}"], "is a 2D run"),
     ],

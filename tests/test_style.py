@@ -19,6 +19,8 @@ from softintrovae.models.style import EqualConv2d, EqualLinear, StyleDecoder, St
 from softintrovae.checkpoint import load_checkpoint
 from softintrovae.trainer import Trainer, resume, train
 
+from .conftest import style_overrides, write_npz
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CHANNELS = [16, 12, 8, 4]  # 4x4 .. 32x32
@@ -235,38 +237,6 @@ def test_progressive_stream_serves_each_epoch_once_at_the_level_resolution():
     torch.testing.assert_close(images_at_level(x, 8, 1.0), F.avg_pool2d(x, 2))
 
 
-def write_npz(path, n=48, size=16):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:size, :size]
-    centres = rng.integers(3, size - 3, size=(n, 2))
-    images = ((yy[None] - centres[:, :1, None]) ** 2 + (xx[None] - centres[:, 1:, None]) ** 2 < 9) * 255
-    np.savez(path, images=images.astype(np.uint8))
-    return path
-
-
-def style_overrides(npz, **extra):
-    return {
-        "data.name": "npz",
-        "data.root": str(npz),
-        "data.pad_to": 0,
-        "data.batch_size": 8,
-        "model.channels": [8, 8, 4],
-        "model.z_dim": 8,
-        "model.mapping_layers": 2,
-        "growth.unit": "images",
-        "growth.per_level": [32, 48, 48],
-        "growth.blend": [24],
-        "growth.batch_sizes": [8, 8, 4],
-        "growth.beta_neg": [64, 32, 16],
-        "method.vae_warmup_steps": 2,
-        "train.progress": False,
-        "train.checkpoint_every": 1000,
-        "train.log_every": 2,
-        "train.ema_half_life": 64,
-        **extra,
-    }
-
-
 def test_resume_in_the_middle_of_a_blend_equals_uninterrupted_training(tmp_path):
     npz = write_npz(tmp_path / "blobs.npz")
     overrides = style_overrides(npz)
@@ -307,6 +277,34 @@ def test_style_run_end_to_end_with_pictures(tmp_path):
     assert pictures.sample(run, n=4).is_file()
     assert pictures.reconstruct(run, n=4).is_file()
     assert all(p.is_file() for p in pictures.interpolate(run, size=3))
+
+
+def test_official_variant_trains_through_every_level_and_loads(tmp_path):
+    """model.style_variant official (the official style trainer's function, for its checkpoints) is a
+    normal style model: it grows, blends, keeps an EMA decoder; in eval mode it adds ALAE's noise-free term."""
+    npz = write_npz(tmp_path / "blobs.npz")
+    overrides = style_overrides(npz, **{"model.style_variant": "official", "model.blur": True})
+    result = train("fashion-mnist-style", tmp_path / "run", overrides)
+    assert all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
+    state = load_checkpoint(sorted((result.run_dir / "checkpoints").glob("*.pt"))[-1])
+    assert state["decoder"]["level"].item() == 2 and "decoder_ema" in state
+    encoder, decoder = build_models(load_config("fashion-mnist-style", overrides).model, (1, 16, 16))
+    assert len(decoder.mapping) == 4 and len(encoder.to_latent) == 6  # a LeakyReLU after each layer, the last too
+    assert not hasattr(encoder.blocks[0], "dense") and encoder.blocks[0].conv2.weight.shape == (8, 8, 3, 3)
+    decoder.eval()
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(decoder(z), decoder(z))
+    noise = decoder.blocks[1].noise1
+    x = torch.randn(2, 8, 8, 8)
+    torch.testing.assert_close(noise(x), x + 0.8 * math.sqrt(2) * torch.exp(-x * x / 4) / math.sqrt(2 * math.pi))
+
+
+def test_official_variant_settings_are_checked(tmp_path):
+    with pytest.raises(UserError, match="model.style_variant must be one of default, official, got 'alae'"):
+        load_config("ffhq256", {"model.style_variant": "alae"})
+    config = load_config("fashion-mnist-style", {"model.style_variant": "official"})  # the preset has blur: false
+    with pytest.raises(UserError, match="set model.blur=true"):
+        build_models(config.model, (1, 32, 32))
 
 
 def test_bad_style_settings_are_one_line_errors(tmp_path):

@@ -19,6 +19,7 @@ import io
 import os
 import re
 import signal
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ from torch import Tensor
 
 from .config import Config, config_from_dict, load_run_config
 from .data import build_data
-from .errors import CorruptCheckpoint, UserError, warn
+from .errors import CorruptCheckpoint, UserError, first_line, warn
+from .export import SUFFIX as EXPORT_SUFFIX
+from .export import read_export, write_export
 from .files import atomic_write_bytes, atomic_write_text, sha256_hex
 from .likelihood import score_images
 from .models import Decoder, Encoder, LatentLayout, build_models, class_labels, eval_mode, forward
@@ -124,8 +127,28 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         return torch.load(buffer, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CorruptCheckpoint(f"checkpoint {str(path)!r} is corrupt or not a softintrovae checkpoint ({reason[:120]})") from None
+        raise CorruptCheckpoint(f"checkpoint {str(path)!r} is corrupt or not a softintrovae checkpoint: {_why_unloadable(data, exc)}") from None
+
+
+def _why_unloadable(data: bytes, error: Exception) -> str:
+    """What is wrong with checkpoint bytes that ``torch.load`` refused, in words: torch's own messages
+    name its internals (``negative seek value``, ``[Errno 22]``, a zip library's error codes)."""
+    if not data:
+        return "the file is empty"
+    if not data.startswith(b"PK\x03\x04"):
+        return "it is not a zip archive, which torch.save writes"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            damaged, names = archive.testzip(), archive.namelist()
+    except Exception:  # zipfile raises several types for a cut-off archive
+        return f"the file is truncated or damaged ({len(data):,} bytes; its zip directory is missing or unreadable)"
+    if not any(name.endswith("/data.pkl") for name in names):
+        return "it is a zip archive, but not one torch.save wrote (no data.pkl)"
+    if damaged is not None:
+        return f"the file is damaged (its entry {damaged!r} fails its CRC check)"
+    if "Weights only load failed" in str(error):
+        return "it holds Python objects that loading would have to run code for (refused)"
+    return first_line(error)[:120]
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -172,6 +195,10 @@ CHECKPOINT_DIR = "checkpoints"
 def check_run_dir(path: Path) -> Path:
     """``path`` if it is a run directory (a folder with a config.yaml), else one line saying what it is."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        holder = path.parent.parent if path.parent.name == CHECKPOINT_DIR and CHECKPOINT_PATTERN.search(path.name) else None
+        hint = f"; the run directory holding it is {str(holder)!r}" if holder else ""
+        raise UserError(f"{str(path)!r} is a file, not a run directory{hint}")
     if not path.is_dir():
         raise UserError(f"run directory {str(path)!r} does not exist")
     if not (path / RUN_CONFIG).is_file():
@@ -222,12 +249,16 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | Path, config: Config | None = None) -> "TrainedModel":
-        """From a run directory (its newest usable checkpoint) or a checkpoint file.
+        """From a run directory (its newest usable checkpoint), a checkpoint file, or a ``.safetensors``
+        file written by ``softintrovae export`` (see :mod:`softintrovae.export`).
 
         ``config`` replaces the run's (e.g. with other ``eval.*`` settings); by default it is the run
-        directory's config.yaml, or the config the checkpoint file holds.
+        directory's config.yaml, or the config the checkpoint or exported file holds.
         """
         path = Path(path)
+        if path.suffix == EXPORT_SUFFIX:  # an exported file: its decoder is the run's sampling decoder
+            data, state = read_export(path)
+            return cls.from_state(config or config_from_dict(data), state, path)
         if path.is_dir():
             run_dir = check_run_dir(path)
             config = config or load_run_config(run_dir / RUN_CONFIG)
@@ -257,7 +288,7 @@ class TrainedModel:
                 _, decoder_ema = build_models(config.model, input_shape, num_classes)
                 decoder_ema.load_state_dict(state["decoder_ema"])
         except (KeyError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
         model = cls(config, encoder, decoder, decoder_ema, input_shape, num_classes, encoder.latents, int(state["step"]), checkpoint, run_dir, state)
         for network in model.networks():
@@ -275,6 +306,12 @@ class TrainedModel:
 
     def record(self) -> dict[str, Any]:
         return model_record(self.input_shape, self.num_classes, self.latents)
+
+    def export(self, out: str | Path) -> Path:
+        """Write the encoder and the sampling decoder with the config to a ``.safetensors`` file (see
+        :mod:`softintrovae.export`); :meth:`load` of it computes what this model computes."""
+        record = {**self.record(), "step": self.step, "method": self.method, "decoder": "ema" if self.decoder_ema is not None else "trained"}
+        return write_export(out, {"encoder": self.encoder, "decoder": self.sampling_decoder}, self.config.to_dict(), record)
 
     # ---- using it: encode, decode, sample, reconstruct (eval mode, no gradients) -----------------
 
@@ -327,6 +364,22 @@ class TrainedModel:
         """D(μ(x)): the deterministic reconstruction of x."""
         mu, _ = self.encode(x, labels)
         return self.decode(mu, labels)
+
+
+def export_model(model: TrainedModel | str | Path, out: str | Path) -> Path:
+    """``softintrovae export``: a trained model (or a run directory / checkpoint to load) as a ``.safetensors`` file."""
+    return as_trained(model).export(out)
+
+
+def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
+    """A loaded model as it is, or a run directory / checkpoint / exported file loaded once."""
+    return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
+
+
+def require_images(model: TrainedModel, purpose: str) -> None:
+    """One line when ``model`` is not an image model: a 2D run has no pictures to draw or images to score."""
+    if len(model.input_shape) != 3:
+        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: {purpose}")
 
 
 def _model_shape(config: Config, state: dict[str, Any], checkpoint: Path) -> tuple[tuple[int, ...], int]:

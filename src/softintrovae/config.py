@@ -1,7 +1,8 @@
 """Run configuration: dataclasses validated on construction, presets, and ``key=value`` overrides.
 
 One defaults source (these dataclasses) drives the CLI and the Python API. Presets are YAML data
-under ``softintrovae/presets``; a user config file has the same shape. The names a config may use
+under ``softintrovae/presets``; a user config file has the same shape (both read by
+:mod:`softintrovae.yamlfiles`). The names a config may use
 (datasets, architectures, methods, reconstruction losses) are the keys of the registries of the
 modules that implement them, so validation and implementation cannot disagree.
 """
@@ -9,23 +10,25 @@ modules that implement them, so validation and implementation cannot disagree.
 from __future__ import annotations
 
 import dataclasses
-import re
+import math
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .data import DATASETS
+from .data import CACHE_MODES, DATASETS
 from .errors import UserError
+from .limits import INT_MAX, SEED_MAX, check_int
+from .loggers import LOGGERS
 from .methods import METHODS
 from .models import ARCHITECTURES
 from .objectives import RECONSTRUCTION_KINDS
+from .yamlfiles import apply_overrides, deep_merge, load_presets, parse_override, read_config_file  # noqa: F401  (re-exported)
 
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
+INTROVAE_NEGATIVES = ("prior", "both")
+INTROVAE_HINGES = ("per-sample", "batch-mean")
 ON_NONFINITE = ("stop", "skip")
 
 
@@ -36,6 +39,10 @@ def _check(condition: bool, message: str) -> None:
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     _check(value in allowed, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_seed(section: object, prefix: str) -> None:
+    check_int(f"{prefix}.seed", section.seed, 0, SEED_MAX)
 
 
 def _check_non_negative(section: object, prefix: str, names: tuple[str, ...]) -> None:
@@ -52,12 +59,22 @@ class DataConfig:
     root: str | None = None  # image data: the folder or file to read (None: the dataset's default place)
     image_size: int = 64  # image folders and CelebA: the side images are resized and cropped to
     pad_to: int = 0  # > 0: zero-pad images centred to pad_to x pad_to (e.g. 28x28 Fashion-MNIST to 32x32)
+    # image folders and .npz: hold the decoded images in memory, or read them on demand (stream);
+    # auto holds them when they fit cache_max_mb and a quarter of the free memory
+    cache: str = "auto"
+    cache_max_mb: int = 4096
+    workers: int | None = None  # DataLoader worker processes when streaming (None: half the CPUs, at most 8)
+    standardize: bool = True  # points: train on (x - mean) / std per coordinate
 
     def __post_init__(self) -> None:
         _check_choice("data.name", self.name, tuple(DATASETS))
         _check(self.batch_size > 0, f"data.batch_size must be > 0, got {self.batch_size}")
         _check(self.image_size > 0, f"data.image_size must be > 0, got {self.image_size}")
         _check(self.pad_to >= 0, f"data.pad_to must be >= 0, got {self.pad_to}")
+        _check_seed(self, "data")
+        _check_choice("data.cache", self.cache, CACHE_MODES)
+        _check(self.cache_max_mb >= 0, f"data.cache_max_mb must be >= 0, got {self.cache_max_mb}")
+        _check(self.workers is None or self.workers >= 0, f"data.workers must be >= 0 or null, got {self.workers}")
 
 
 @dataclass
@@ -71,10 +88,12 @@ class ModelConfig:
     mapping_layers: int = 8  # style: layers of the decoder's z -> w mapping (the encoder's w -> z has 3)
     style_mixing: float = 0.9  # style: probability that a prior sample in training mixes two latents' styles
     blur: bool = True  # style: a [1, 2, 1] low-pass filter next to every up/down-sampling, as StyleGAN
+    style_variant: str = "default"  # style: "official" computes the official style trainer's function (models/style.py)
     class_z_dim: int = 256  # translation: the class latent (model.z_dim is the content latent)
 
     def __post_init__(self) -> None:
         _check_choice("model.arch", self.arch, tuple(ARCHITECTURES))
+        _check_choice("model.style_variant", self.style_variant, ("default", "official"))
         _check(0.0 <= self.style_mixing <= 1.0, f"model.style_mixing must be in [0, 1], got {self.style_mixing}")
         for name in ("z_dim", "hidden_dim", "hidden_layers", "mapping_layers", "class_z_dim"):
             _check(getattr(self, name) > 0, f"model.{name} must be > 0, got {getattr(self, name)}")
@@ -92,6 +111,11 @@ class MethodConfig:
     beta_neg: float = 1.0
     gamma_r: float = 1e-8  # weight of the negatives' reconstruction in the decoder loss (paper §5)
     margin: float = 1.0  # IntroVAE's hard margin m
+    # IntroVAE's negatives: "prior", decoded prior samples D(z_p) as Appendix 9.1.1 writes it, or "both",
+    # also the reconstructions D(E(x)), as Soft-IntroVAE treats them; the hinge [m − KL]₊ on each
+    # sample's KL ("per-sample", the appendix's L_E(x, z)) or on the batch mean ("batch-mean")
+    introvae_negatives: str = "prior"
+    introvae_hinge: str = "per-sample"
     reconstruction: str = "mse"
     scale: float | None = None  # s; None means 1 / (number of input dimensions)
     detach_negative_target: bool = False  # the official image trainer does not detach it
@@ -106,6 +130,8 @@ class MethodConfig:
     def __post_init__(self) -> None:
         _check_choice("method.name", self.name, tuple(METHODS))
         _check_choice("method.reconstruction", self.reconstruction, RECONSTRUCTION_KINDS)
+        _check_choice("method.introvae_negatives", self.introvae_negatives, INTROVAE_NEGATIVES)
+        _check_choice("method.introvae_hinge", self.introvae_hinge, INTROVAE_HINGES)
         _check_non_negative(
             self, "method", ("beta_rec", "beta_kl", "beta_neg", "gamma_r", "margin", "vae_warmup_steps", "vae_warmup_epochs")
         )
@@ -151,6 +177,7 @@ class TrainConfig:
     # a NaN/inf loss or gradient: stop (keeping the last good checkpoint), or skip the batch's updates and go on
     on_nonfinite: str = "stop"
     max_consecutive_skips: int = 10  # with skip: stop after this many non-finite batches in a row
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # also tensorboard, csv (jsonl is always written)
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
@@ -166,6 +193,9 @@ class TrainConfig:
         _check(self.eval_every >= 0, f"train.eval_every must be >= 0, got {self.eval_every}")
         _check(self.epochs >= 0, f"train.epochs must be >= 0, got {self.epochs}")
         _check(self.ema_half_life >= 0, f"train.ema_half_life must be >= 0, got {self.ema_half_life}")
+        _check_seed(self, "train")
+        for name in self.loggers:
+            _check_choice("train.loggers", name, tuple(LOGGERS))
 
 
 GROWTH_UNITS = ("epochs", "images")
@@ -197,6 +227,11 @@ class GrowthConfig:
         _check(all(v >= 0 for v in self.beta_neg), f"growth.beta_neg must hold numbers >= 0, got {self.beta_neg}")
 
 
+# The 2D metrics' sizes, at most: a bins² histogram, a grid_size² grid through both networks, and
+# sample counts held in memory at once; each far above the paper's (100, 1024, 5000, 12800).
+EVAL_MAXIMA = {"num_samples": 10**8, "bins": 4096, "grid_size": 8192, "elbo_samples": 10**8}
+
+
 @dataclass
 class EvalConfig:
     num_samples: int = 5000  # real and generated points for the histogram metrics
@@ -207,9 +242,10 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "bins", "grid_size", "elbo_samples"):
-            _check(getattr(self, name) > 0, f"eval.{name} must be > 0, got {getattr(self, name)}")
+        for name, high in EVAL_MAXIMA.items():
+            check_int(f"eval.{name}", getattr(self, name), 1, high)
         _check(self.fid_samples == 0 or self.fid_samples >= 2, f"eval.fid_samples must be 0 or >= 2, got {self.fid_samples}")
+        _check_seed(self, "eval")
 
 
 @dataclass
@@ -249,27 +285,36 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
     elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check(-INT_MAX <= value <= INT_MAX, f"config key {key!r} must be an integer in torch's int64 range (|value| < 2**63), got {value}")
+            return value
     elif annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
+            number = float(value) if abs(value) < 1e308 else math.inf  # an int too large for a float, too
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-8" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            _check(math.isfinite(number), f"config key {key!r} must be a finite number, got {value}")
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value
     raise UserError(f"config key {key!r} must be {getattr(annotation, '__name__', annotation)}, got {value!r}")
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _check_mapping(data: Any, section: str) -> None:
     if not isinstance(data, dict):
-        raise UserError(f"config section {prefix.rstrip('.') or 'root'!r} must be a mapping, got {data!r}")
+        raise UserError(f"config section {section!r} must be a mapping, got {'null' if data is None else repr(data)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    _check_mapping(data, prefix.rstrip(".") or "root")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -290,85 +335,6 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``section.key=value`` with a YAML-typed value (``1e-4``, ``true``, ``[1, 2]``)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"override {text!r} must look like section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise UserError(f"override {text!r} has a value that is not valid YAML") from None
-    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value):
-        value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
-    return key.strip(), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``method.beta_kl``) in nested plain data; unknown keys fail at build time."""
-    result = _deep_merge(data, {})
-    for dotted, value in overrides.items():
-        node = result
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.get(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"override {dotted!r}: {part!r} is not a config section")
-            node[part] = child = dict(child)
-            node = child
-        node[leaf] = value
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Presets: YAML data shipped with the package.
-
-
-def _preset_files() -> list[Any]:
-    folder = resources.files("softintrovae") / "presets"
-    return sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
-
-
-def load_presets() -> dict[str, dict[str, Any]]:
-    """All presets by name; each preset file holds ``defaults`` and a ``presets`` mapping."""
-    presets: dict[str, dict[str, Any]] = {}
-    for path in _preset_files():
-        content = yaml.safe_load(path.read_text())
-        defaults = content.get("defaults", {})
-        for name, body in content["presets"].items():
-            presets[name] = _deep_merge(_deep_merge(defaults, body), {"name": name})
-    return presets
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise UserError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"config file {str(path)!r} is not a UTF-8 text file") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserError(f"config file {str(path)!r} is not valid YAML{where}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
-    return data
-
-
 def load_run_config(path: Path) -> Config:
     """The resolved config a run directory holds (``RUN/config.yaml``)."""
     return config_from_dict(read_config_file(Path(path)))
@@ -384,6 +350,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     elif str(source).endswith((".yaml", ".yml")) or Path(source).is_file():
         data = read_config_file(Path(source))
         data.setdefault("name", Path(source).stem)
+    elif Path(source).is_dir():
+        resume = f"; continue it with: softintrovae train --resume {source}" if (Path(source) / "config.yaml").is_file() else ""
+        raise UserError(f"{str(source)!r} is a folder, not a preset or a config .yaml file{resume}")
     else:
         presets = load_presets()
         if str(source) not in presets:
@@ -391,6 +360,10 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         data = presets[str(source)]
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
+    hints = typing.get_type_hints(Config)
+    for name, value in data.items():  # the file's sections first, so that an override into one is not blamed for it
+        if name in hints and dataclasses.is_dataclass(hints[name]):
+            _check_mapping(value, name)
     config = config_from_dict(apply_overrides(data, overrides or {}))
     check_steps_override(config, overrides or {})
     return config

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import Config
-from .data import HAS_TEST_SPLIT, ImageStream, Toy2DStream, load_images
-from .metrics import deterministic_negative_elbo, grid_normalized_elbo, histogram_metrics, square_grid
+from .data import HAS_TEST_SPLIT, Toy2DStream, load_images
+from .data.sampling import ImageEpochStream
+from .metrics import compare_histograms, deterministic_negative_elbo, grid_normalized_elbo, histogram_density, square_grid
 from .metrics.features import FeatureExtractor, feature_nets_dir, load_feature_net
 from .models import Decoder, class_labels, eval_mode, forward, num_classes_of
 from .objectives import kl_to_standard_normal, reconstruction_loss
+from .points_evaluation import PointsEvaluator
 from .plots import normalized_density, plot_density, plot_image_grid, plot_samples
 from .files import atomic_write_bytes
 
@@ -26,38 +29,68 @@ class Toy2DEvaluator:
     """KL / JSD from histograms every evaluation; gnELBO and the density plot at the end (SPEC §3).
 
     Evaluation draws from its own seeded generators, so it never changes the training's random
-    stream: a run evaluated often and one evaluated rarely train identically.
+    stream: a run evaluated often and one evaluated rarely train identically. What does not depend
+    on the checkpoint (the real points and their histogram, the prior noise, the gnELBO data points
+    and the grid) is drawn once and kept for every later evaluation. The final evaluation's
+    forward passes over the grid (``eval.grid_size``², a million points by default) show a progress
+    bar when ``progress`` is set.
     """
 
-    def __init__(self, config: Config, data: Toy2DStream):
-        self.config, self.data = config, data
+    def __init__(self, config: Config, data: Toy2DStream, progress: bool = False):
+        self.config, self.data, self.progress = config, data, progress
+        self._fixed: dict[str, object] = {}
+        self.pictures: dict[str, Path] = {}  # name -> PNG written by the last evaluation
+
+    def fixed(self, z_dim: int) -> dict[str, object]:
+        """The same at every evaluation, drawn on first use: ``real`` points and their histogram ``p``,
+        prior noise ``z`` (for ``z_dim``), the gnELBO data ``points`` and the ``grid``."""
+        if self._fixed.get("z_dim") != z_dim:
+            cfg, limit = self.config.eval, self.data.limit
+            data_gen = torch.Generator().manual_seed(cfg.seed)
+            real = self.data.sample(cfg.num_samples, data_gen)
+            self._fixed = {
+                "z_dim": z_dim,
+                "real": real,
+                "p": histogram_density(real.numpy(), limit, cfg.bins),
+                "z": torch.randn(cfg.num_samples, z_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)),
+                "points": self.data.sample(cfg.elbo_samples, data_gen),  # drawn after `real`, from the same generator
+                "grid": square_grid(limit, cfg.grid_size),
+            }
+        return self._fixed
 
     def __call__(self, encoder: nn.Module, decoder: nn.Module, out_dir: Path, step: int, final: bool) -> dict[str, float]:
         cfg, limit = self.config.eval, self.data.limit
         device = next(decoder.parameters()).device
-        data_gen = torch.Generator().manual_seed(cfg.seed)
-        noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        fixed = self.fixed(decoder.z_dim)
+        real = fixed["real"].numpy()
         with eval_mode(encoder, decoder):
-            real = self.data.sample(cfg.num_samples, data_gen)
-            z = torch.randn(cfg.num_samples, decoder.z_dim, generator=noise_gen).to(device)
-            generated = decoder(z).float().cpu()
-            metrics = histogram_metrics(real.numpy(), generated.numpy(), limit, cfg.bins)
+            generated = decoder(fixed["z"].to(device)).float().cpu().numpy()
+            metrics = compare_histograms(fixed["p"], histogram_density(generated, limit, cfg.bins))
             name = self.config.name
             if final:
-                points = self.data.sample(cfg.elbo_samples, data_gen).to(device)
-                grid = square_grid(limit, cfg.grid_size, device)
-                neg_elbo_data = deterministic_negative_elbo(encoder, decoder, points)
-                neg_elbo_grid = deterministic_negative_elbo(encoder, decoder, grid)
+                neg_elbo_data, neg_elbo_grid = self.negative_elbos(encoder, decoder, device)
                 metrics["gnelbo"] = grid_normalized_elbo(neg_elbo_data, neg_elbo_grid)
                 grid_image = neg_elbo_grid.reshape(cfg.grid_size, cfg.grid_size).cpu().numpy()
                 plot_density(grid_image, limit, out_dir / "density.png", f"{name}: exp(ELBO), step {step}")
-                save_final_arrays(out_dir, generated.numpy(), grid_image, limit)
+                save_final_arrays(out_dir, generated, grid_image, limit)
                 samples_path = out_dir / "samples.png"
             else:
                 samples_path = out_dir / "plots" / f"samples_step{step:07d}.png"
             title = f"{name}, step {step}: KL {metrics['kl']:.3f}, JSD {metrics['jsd_official']:.3f}"
-            plot_samples(real.numpy(), generated.numpy(), limit, samples_path, title)
+            plot_samples(real, generated, limit, samples_path, title)
+        self.pictures = {"samples": samples_path, **({"density": out_dir / "density.png"} if final else {})}
         return metrics
+
+    def negative_elbos(self, encoder: nn.Module, decoder: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """−ELBO of the gnELBO data points and of the grid, in one sequence of passes with a progress bar."""
+        fixed = self.fixed(decoder.z_dim)
+        points, grid = fixed["points"].to(device), fixed["grid"].to(device)
+        total = len(points) + len(grid)
+        with tqdm(total=total, desc=f"final evaluation: gnELBO ({self.config.eval.grid_size}² grid)", unit="pt", unit_scale=True, leave=False,
+                  disable=not self.progress, dynamic_ncols=True) as bar:  # fmt: skip
+            neg_elbo_data = deterministic_negative_elbo(encoder, decoder, points, progress=bar)
+            neg_elbo_grid = deterministic_negative_elbo(encoder, decoder, grid, progress=bar)
+        return neg_elbo_data, neg_elbo_grid
 
 
 FINAL_ARRAYS = "final_eval.npz"
@@ -102,8 +135,9 @@ class ImageEvaluator:
     CHUNK = 128  # images per forward pass, to bound memory at large image sizes
     FEATURE_NET_NAMES = {"fashion-mnist": "fmnistnet"}
 
-    def __init__(self, config: Config, data: ImageStream):
+    def __init__(self, config: Config, data: ImageEpochStream):
         self.config, self.data = config, data
+        self.pictures: dict[str, Path] = {}  # name -> PNG written by the last evaluation
         self._held_out: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._extractor: FeatureExtractor | None = None
 
@@ -149,7 +183,8 @@ class ImageEvaluator:
         plot_image_grid(pairs.numpy(), 8, paths[0], f"{title}: real | reconstruction, rec_mse {metrics['rec_mse']:.4g}")
         plot_image_grid(samples.numpy(), 8, paths[1], f"{title}: samples")
         path = out_dir / "multires.png" if final else out_dir / "plots" / f"multires_step{step:07d}.png"
-        self.plot_multiresolution(decoder, z[:8].to(device), path, title)  # a progressively grown decoder only
+        multires = self.plot_multiresolution(decoder, z[:8].to(device), path, title)  # a progressively grown decoder only
+        self.pictures = {"reconstructions": paths[0], "samples": paths[1], **({"multires": multires} if multires else {})}
         return metrics
 
     @staticmethod
@@ -186,12 +221,17 @@ class ImageEvaluator:
 
         labels = class_labels(n, num_classes_of(decoder))
         fake = generate_images(decoder, n, decoder.z_dim, seed=self.config.eval.seed + 2, device=device, labels=labels)
-        result = compute_fid_kid(self.data.images, fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
+        result = compute_fid_kid(self.data.real_images(n), fake, extractor.to(device), cache_key=f"{self.config.data.name}_train")
         fid, kid = (metric_name(kind, n, "train", extractor.name) for kind in ("fid", "kid"))
         return {fid: result["fid"], kid: result["kid_mean"], f"{kid}_std": result["kid_std"]}
 
 
-def build_evaluator(config: Config, data: Toy2DStream | ImageStream) -> Toy2DEvaluator | ImageEvaluator:
-    if isinstance(data, ImageStream):
+def build_evaluator(config: Config, data, progress: bool = False) -> Toy2DEvaluator | ImageEvaluator | PointsEvaluator:
+    """Images: :class:`ImageEvaluator`; 2D points (the toy sets or a file's): :class:`Toy2DEvaluator`
+    over the data's square; points of other dimensions: :class:`PointsEvaluator`. ``progress``: show a
+    bar over the long final 2D passes."""
+    if len(data.input_shape) == 3:
         return ImageEvaluator(config, data)
-    return Toy2DEvaluator(config, data)
+    if tuple(data.input_shape) == (2,):
+        return Toy2DEvaluator(config, data, progress)
+    return PointsEvaluator(config, data)

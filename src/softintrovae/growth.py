@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass
+from itertools import count
 
 import torch
 import torch.nn.functional as F
@@ -159,17 +160,31 @@ class ProgressiveStream:
     def __len__(self) -> int:
         return len(self.stream)
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor | None]:
+    def batch_index(self, step: int) -> Tensor:
+        """The images of step ``step``: the level's batch size, continuing where step − 1 ended."""
+        level = self.schedule.at(step)[0]
+        return self.stream.indices(self.schedule.images_before(step) + self.stream.rank * level.batch_size, level.batch_size)
+
+    def at_level(self, step: int, batch: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
         level, alpha = self.schedule.at(step)
-        start = self.schedule.images_before(step) + self.stream.rank * level.batch_size
-        x, y = self.stream.take(self.stream.indices(start, level.batch_size))
+        x, y = batch
         return images_at_level(x, level.resolution, alpha if level.blend_steps else 1.0), y
 
+    def batch(self, step: int) -> tuple[Tensor, Tensor | None]:
+        return self.at_level(step, self.stream.take(self.batch_index(step)))
+
     def batches(self, start_step: int = 0):
-        step = start_step
-        while True:
-            yield self.batch(step)
-            step += 1
+        for step, batch in zip(count(start_step), self.stream.batches(start_step, self.batch_index)):
+            yield self.at_level(step, batch)
+
+    def state_dict(self, step: int) -> dict:
+        return self.stream.state_dict(step)
+
+    def load_state_dict(self, state: dict | None, step: int, resuming: bool = True) -> None:
+        self.stream.load_state_dict(state, step, resuming)
+
+    def describe(self) -> dict:
+        return self.stream.describe()
 
 
 class EMA:

@@ -425,23 +425,49 @@ class SoftIntroVAE(IntrospectiveMethod):
 
 
 class IntroVAE(IntrospectiveMethod):
-    """IntroVAE with a hard margin m (Appendix 9.1.1); negatives as in Soft-IntroVAE (x_r and x_f).
+    """IntroVAE with a hard margin m (Appendix 9.1.1):
 
-    With several latents the negatives' KL weighs each latent by its β_neg, inside the hinge."""
+        L_E = β_rec·L_rec(x) + β_kl·KL(x) + β_neg·[m − KL(E(D(z)))]₊,   L_D = β_rec·L_rec(x) + β_neg·KL(E(D(z))),
+
+    no scale s. The negatives are the decoded prior samples D(z_p) (``method.introvae_negatives:
+    prior``), or also the reconstructions (``both``, each kind's hinge averaged, as Soft-IntroVAE
+    treats its negatives); the hinge takes each sample's KL (``method.introvae_hinge: per-sample``)
+    or the batch mean (``batch-mean``). With several latents the negatives' KL weighs each latent
+    by its β_neg, inside the hinge."""
 
     name = "introvae"
     relative_step_cost = 2.0
+
+    @property
+    def both_kinds(self) -> bool:
+        return self.config.introvae_negatives == "both"
+
+    def negatives(self, decoded: Tensor) -> Tensor:
+        """What IntroVAE treats as fake out of [D(z); D(z_p)] (2B, ...)."""
+        return decoded if self.both_kinds else decoded[len(decoded) // 2 :]
+
+    def encode_negatives(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encode_per_kind(x) if self.both_kinds else self.encode(x)
+
+    def negative_kls(self, mu: Tensor, logvar: Tensor) -> list[Tensor]:
+        """Each kind's KL: per sample (B,) for the per-sample hinge, else its batch mean."""
+        kl = kl_to_standard_normal(mu, logvar, reduction="none", weights=self.neg_weights)
+        kinds = list(kl.chunk(2)) if self.both_kinds else [kl]
+        return kinds if self.config.introvae_hinge == "per-sample" else [k.mean() for k in kinds]
+
+    def kl_logs(self, kls: list[Tensor]) -> Losses:
+        names = ("kl_rec", "kl_fake") if self.both_kinds else ("kl_fake",)
+        return {name: k.mean() for name, k in zip(names, kls)}
 
     def encoder_phase(self, x: Tensor) -> EncoderPhaseResult:
         cfg = self.config
         with self.autocast():
             mu, logvar, decoded = self.encode_and_decode_real_and_prior(x)
-            mu_n, logvar_n = self.encode_per_kind(decoded.detach())
+            mu_n, logvar_n = self.encode_negatives(self.negatives(decoded).detach())
         rec = reconstruction_loss(x, decoded[: x.shape[0]], self.reconstruction)
         kl = kl_to_standard_normal(mu, logvar, weights=self.kl_weights)
-        kl_negatives = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.neg_weights))
         loss = introvae_encoder_loss(
-            rec, kl, kl_negatives, beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, beta_neg=self.beta_neg, margin=cfg.margin
+            rec, kl, self.negative_kls(mu_n, logvar_n), beta_rec=cfg.beta_rec, beta_kl=self.beta_kl, beta_neg=self.beta_neg, margin=cfg.margin
         )
         self.stepper.update([self.optimizer_encoder], loss, self.encoder_params, retain_graph=True, name="loss_encoder")
         losses = {"loss_encoder": loss, "rec": rec, "kl": kl, **self.kl_per_latent(mu, logvar)}
@@ -450,11 +476,11 @@ class IntroVAE(IntrospectiveMethod):
     def decoder_phase(self, result: EncoderPhaseResult) -> Losses:
         cfg = self.config
         with self.autocast():
-            mu_n, logvar_n = self.encode_per_kind(result.decoded)
-        kl_rec, kl_fake = _means_per_kind(kl_to_standard_normal(mu_n, logvar_n, reduction="none", weights=self.neg_weights))
-        loss = introvae_decoder_loss(result.rec, [kl_rec, kl_fake], beta_rec=cfg.beta_rec, beta_neg=self.beta_neg)
+            mu_n, logvar_n = self.encode_negatives(self.negatives(result.decoded))  # the updated encoder
+        kls = self.negative_kls(mu_n, logvar_n)
+        loss = introvae_decoder_loss(result.rec, kls, beta_rec=cfg.beta_rec, beta_neg=self.beta_neg)
         self.stepper.update([self.optimizer_decoder], loss, self.decoder_params, name="loss_decoder")
-        return {"loss_decoder": loss, "kl_rec": kl_rec, "kl_fake": kl_fake}
+        return {"loss_decoder": loss, **self.kl_logs(kls)}
 
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (VAE, IntroVAE, SoftIntroVAE)}

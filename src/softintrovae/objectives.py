@@ -158,11 +158,15 @@ def introvae_encoder_loss(
     beta_neg: float,
     margin: float,
 ) -> Tensor:
-    """IntroVAE encoder loss (Appendix 9.1.1): β_rec·L_rec + β_kl·KL + β_neg·mean_k [m − KL(x_k)]₊."""
-    hinges = [F.relu(margin - k) for k in negatives_kl]
+    """IntroVAE encoder loss (Appendix 9.1.1): β_rec·L_rec + β_kl·KL + β_neg·mean_k mean [m − KL(x_k)]₊.
+
+    Each entry of ``negatives_kl`` is one kind of negative's KL: per sample (B,), for the hinge on each
+    sample as the appendix writes it, or its batch mean (a scalar), for the hinge on the mean.
+    """
+    hinges = [F.relu(margin - k).mean() for k in negatives_kl]
     return vae_loss(rec, kl, beta_rec, beta_kl) + beta_neg * torch.stack(hinges).mean()
 
 
 def introvae_decoder_loss(rec: Tensor, negatives_kl: Sequence[Tensor], *, beta_rec: float, beta_neg: float) -> Tensor:
-    """IntroVAE decoder loss (Appendix 9.1.1): β_rec·L_rec + β_neg·mean_k KL(x_k)."""
-    return beta_rec * rec + beta_neg * torch.stack(list(negatives_kl)).mean()
+    """IntroVAE decoder loss (Appendix 9.1.1): β_rec·L_rec + β_neg·mean_k mean KL(x_k)."""
+    return beta_rec * rec + beta_neg * torch.stack([k.mean() for k in negatives_kl]).mean()

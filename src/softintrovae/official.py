@@ -22,6 +22,17 @@ and inside a residual block ``conv_expand`` → ``identity``, ``conv1``/``bn1``/
 ``main.0``/``main.1``/``main.3``/``main.4``. BatchNorm running statistics travel with the weights.
 (The official decoder numbers its blocks from 4 upwards whatever the true side, so only the order
 of the numbers is used.)
+
+:func:`import_official_run` turns such a checkpoint into a run directory of ours (``softintrovae
+import-official``). The input shape and number of classes are those of the preset's dataset where
+they are known without reading it (Fashion-MNIST / MNIST 1×28×28, CIFAR-10 / SVHN 3×32×32, CelebA and
+image folders at ``data.image_size``, after ``data.pad_to``), so that the run fits its data; an .npz
+source takes the checkpoint's. The run's one checkpoint holds the networks but no optimizer state,
+so it is used (sample, reconstruct, interpolate, ood, evaluate, load, export) but not resumed.
+
+Checkpoints of the official *style-based* trainer (FFHQ / CelebA-HQ, ``{"models", "auxiliary"}``) are
+recognised by their layout and imported by :mod:`softintrovae.official_style` through the same
+functions: their run holds the live networks and the smoothed decoder as the EMA decoder.
 """
 
 from __future__ import annotations
@@ -35,9 +46,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import model_record
+from .config import Config
+from .data import declared_shape
 from .errors import CorruptCheckpoint, UserError
 from .models import build_models
 from .models.resnet import ResidualBlock
+from .official_style import describe_official_style, import_official_style, import_style_run, is_style_checkpoint, number_in_name
+from .rundir import RunDir
 
 _BLOCK = re.compile(r"^(encoder|decoder)\.main\.res_in_(\d+)\.(\w+)\.(\w+)$")
 _BLOCK_PARTS = {"conv_expand": "identity", "conv1": "main.0", "bn1": "main.1", "conv2": "main.3", "bn2": "main.4"}
@@ -51,7 +67,8 @@ _CONTAINERS = {"encoder": "features", "decoder": "body"}  # our nn.Sequential of
 
 
 def read_official(path: str | Path) -> dict[str, Any]:
-    """An official checkpoint ``{"epoch", "model": state dict}``, loaded with ``weights_only=True``.
+    """An official checkpoint ``{"epoch", "model": state dict}`` (or the style trainer's ``{"models",
+    "auxiliary"}``), loaded with ``weights_only=True``.
 
     A missing, truncated or foreign file raises a one-line :class:`UserError`.
     """
@@ -63,12 +80,15 @@ def read_official(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises several types for truncated or foreign files
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         raise CorruptCheckpoint(f"official checkpoint {str(path)!r} is corrupt or not a checkpoint ({reason[:120]})") from None
+    if is_style_checkpoint(checkpoint):
+        return checkpoint
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     needed = ("encoder.main.0.weight", "encoder.fc.weight", "decoder.fc.0.weight", "decoder.main.predict.weight")
     if not isinstance(state, dict) or not all(isinstance(state.get(key), Tensor) for key in needed):
         raise UserError(
             f"{str(path)!r} is not a checkpoint of the official Soft-IntroVAE image trainer "
-            "(expected {'epoch', 'model'} with encoder.main.*, encoder.fc.*, decoder.fc.*, decoder.main.* keys)"
+            "(expected {'epoch', 'model'} with encoder.main.*, encoder.fc.*, decoder.fc.*, decoder.main.* keys, "
+            "or the style trainer's {'models': {generator, discriminator, mapping_fl, mapping_tl, ...}})"
         )
     return checkpoint
 
@@ -116,10 +136,13 @@ def describe_official(state: Mapping[str, Tensor]) -> dict[str, Any]:
 
 def inspect_official(path: str | Path) -> dict[str, Any]:
     """What the official checkpoint at ``path`` holds (see :func:`describe_official`), plus its ``epoch``."""
-    return _describe_checkpoint(read_official(path))
+    return _describe_checkpoint(read_official(path), Path(path).name)
 
 
-def _describe_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+def _describe_checkpoint(checkpoint: Mapping[str, Any], filename: str = "") -> dict[str, Any]:
+    """A style checkpoint holds no epoch: its file name may (``ffhq_fid_17.55_epoch_270.pth``)."""
+    if is_style_checkpoint(checkpoint):
+        return {**describe_official_style(checkpoint["models"]), "epoch": number_in_name(filename, "epoch")}
     return {**describe_official(checkpoint["model"]), "epoch": checkpoint.get("epoch")}
 
 
@@ -189,16 +212,30 @@ def load_official_state(state: Mapping[str, Tensor], encoder: nn.Module, decoder
 
 
 def import_official(
-    path: str | Path, config, input_shape: Sequence[int] | None = None, num_classes: int | None = None
+    path: str | Path, config, input_shape: Sequence[int] | None = None, num_classes: int | None = None, smoothed: bool = False
 ) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """(encoder, decoder, info): our residual networks for ``config`` holding the official checkpoint's weights.
+    """(encoder, decoder, info): our networks for ``config`` holding the official checkpoint's weights.
 
     ``input_shape`` (C, H, W) and ``num_classes`` default to the checkpoint's; ``info`` is what
     :func:`inspect_official` returns. The networks are in eval mode, as the official model computes
     its outputs for sampling and evaluation. A checkpoint that does not fit ``config`` raises one
-    :class:`UserError` line naming the first offending key and the settings that would fit.
+    :class:`UserError` line naming the first offending key and the settings that would fit. A style
+    checkpoint gives style networks with ``model.style_variant: official`` (its smoothed copies
+    with ``smoothed``; see :mod:`softintrovae.official_style`).
     """
     checkpoint = read_official(path)
+    where = f"official checkpoint {str(path)!r}"
+    if is_style_checkpoint(checkpoint):
+        encoder, decoder, info = import_official_style(checkpoint, config, input_shape, where, smoothed)
+        return encoder, decoder, {**info, "epoch": number_in_name(Path(path).name, "epoch")}
+    if smoothed:
+        raise UserError(f"{where} is a residual checkpoint: only the style trainer's checkpoints hold smoothed copies")
+    return _import_residual(checkpoint, config, input_shape, num_classes, where)
+
+
+def _import_residual(
+    checkpoint: Mapping[str, Any], config, input_shape: Sequence[int] | None, num_classes: int | None, where: str
+) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     state = checkpoint["model"]
     info = _describe_checkpoint(checkpoint)
     if config.model.arch != "resnet":
@@ -207,10 +244,50 @@ def import_official(
         )
     input_shape = tuple(info["image_shape"] if input_shape is None else input_shape)
     num_classes = info["num_classes"] if num_classes is None else num_classes
-    where = f"official checkpoint {str(path)!r} does not fit {config.name}"
     try:
         encoder, decoder = build_models(config.model, input_shape, num_classes)
         load_official_state(state, encoder, decoder)
     except UserError as exc:
-        raise UserError(f"{where}: {exc} — {_fix_hint(info, config, input_shape, num_classes)}") from None
+        raise UserError(f"{where} does not fit {config.name}: {exc} — {_fix_hint(info, config, input_shape, num_classes)}") from None
     return encoder.eval(), decoder.eval(), info
+
+
+def import_official_run(
+    path: str | Path, config: Config, out: str | Path, argv: list[str] | None = None, smoothed_encoder: bool = False
+) -> Path:
+    """Create the run directory ``out`` for ``config`` holding the official checkpoint at ``path``.
+
+    It writes config.yaml, command.txt and ``checkpoints/step_N.pt`` (N: the official epoch, or 0;
+    for a style checkpoint, the epoch its file name gives),
+    whose state holds both networks, the config, the model record and ``imported`` (where the
+    weights came from). A style checkpoint's run holds the live encoder (the smoothed one with
+    ``smoothed_encoder``) and decoder, its smoothed decoder as the EMA decoder, and a config with
+    ``model.style_variant: official``. A checkpoint that does not fit ``config`` raises one
+    :class:`UserError` line before anything is written.
+    """
+    input_shape, num_classes = declared_shape(config.data)
+    checkpoint = read_official(path)
+    where = f"official checkpoint {str(path)!r}"
+    if is_style_checkpoint(checkpoint):
+        config, networks, info, note = import_style_run(checkpoint, config, input_shape, where, Path(path).name, smoothed_encoder)
+    else:
+        if smoothed_encoder:
+            raise UserError(f"{where} is a residual checkpoint: only the style trainer's checkpoints hold smoothed copies")
+        encoder, decoder, info = _import_residual(checkpoint, config, input_shape, num_classes, where)
+        networks = {"encoder": encoder, "decoder": decoder}
+        note = {"source": "official Soft-IntroVAE image trainer", "file": Path(path).name, "epoch": info["epoch"]}
+    step = int(info["epoch"] or 0)
+    state = {
+        "step": step,
+        **{name: network.state_dict() for name, network in networks.items()},
+        "config": config.to_dict(),
+        "model": model_record(input_shape or info["image_shape"], networks["encoder"].num_classes, networks["encoder"].latents),
+        "imported": note,
+    }
+    run = RunDir.create(out, config)
+    try:
+        run.record_command(argv or ["python-api", "import-official", str(path)])
+        run.save_checkpoint(step, state, keep=1)
+    finally:
+        run.unlock()
+    return run.path

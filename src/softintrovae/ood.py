@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from .config import DataConfig
 from .data import HAS_TEST_SPLIT, IMAGE_DATASETS, load_images
 from .errors import UserError
-from .checkpoint import TrainedModel
+from .checkpoint import TrainedModel, as_trained, require_images
+from .files import check_writable
 from .likelihood import SCORES
-from .pictures import as_trained
 from .plots import plot_roc_curves, plot_score_histograms
 from .rundir import atomic_write_text
 
@@ -113,10 +113,10 @@ def run_ood(
     config = model.config
     inside = DatasetSpec.parse(in_set) if in_set else DatasetSpec(config.data.name, config.data.root)
     shape = model.input_shape
-    if len(shape) != 3:
-        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: OOD detection here scores images")
+    require_images(model, "OOD detection scores images, so it needs an image run")
     if model.num_classes:
         raise UserError("OOD scores of a class-conditional model would need the out-sets' labels; use an unconditional run")
+    report = check_writable(Path(report_dir) if report_dir else (model.run_dir or model.checkpoint.parent) / "ood", "report folder", folder=True)
 
     every: dict[str, dict[str, torch.Tensor]] = {}  # set name -> score name -> (N,)
     loaded = {"in-train": load_scored_images(inside, "train", shape, limit, seed)}
@@ -146,7 +146,6 @@ def run_ood(
             name: {spec.label: auroc(every[reference][name], every[spec.label][name]) for spec in outs} for name in SCORES
         },
     }
-    report = Path(report_dir) if report_dir else (model.run_dir or model.checkpoint.parent) / "ood"
     report.mkdir(parents=True, exist_ok=True)
     atomic_write_text(report / "ood.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(report / "ood.md", ood_markdown(results))

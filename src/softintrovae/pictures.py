@@ -15,22 +15,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import TrainedModel
+from .checkpoint import TrainedModel, as_trained, require_images
 from .data import build_data, load_image_folder, load_npz
 from .errors import UserError
+from .files import check_writable
 from .plots import plot_image_grid
 
 Images = str | Path | Tensor | tuple[Tensor, Tensor | None] | None
-
-
-def as_trained(model: TrainedModel | str | Path) -> TrainedModel:
-    """A loaded model as it is, or a run directory / checkpoint loaded once."""
-    return model if isinstance(model, TrainedModel) else TrainedModel.load(model)
-
-
-def _require_images(model: TrainedModel) -> None:
-    if len(model.input_shape) != 3:
-        raise UserError(f"{str(model.run_dir or model.checkpoint)!r} is a 2D run: its samples.png and density.png are drawn at evaluation")
 
 
 def read_images(source: str | Path, image_shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None]:
@@ -69,11 +60,12 @@ def pick_images(model: TrainedModel, n: int, seed: int, images: Images = None) -
     return x, y.long() if model.num_classes else None
 
 
-def _out(model: TrainedModel, out: str | Path | None, name: str) -> Path:
+def picture_path(model: TrainedModel, out: str | Path | None, name: str) -> Path:
+    """``out``, or RUN/pictures/NAME_stepN.png; one line if it cannot be written (checked before drawing)."""
     if out:
-        return Path(out)
+        return check_writable(out, "picture")
     folder = model.run_dir if model.run_dir is not None else model.checkpoint.parent
-    return folder / "pictures" / f"{name}_step{model.step:07d}.png"
+    return check_writable(folder / "pictures" / f"{name}_step{model.step:07d}.png", "picture")
 
 
 def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str | Path | None = None) -> Path:
@@ -81,19 +73,21 @@ def sample(path: TrainedModel | str | Path, n: int = 64, seed: int = 0, out: str
     if n < 1:
         raise UserError(f"the number of images must be >= 1, got {n}")
     model = as_trained(path)
-    _require_images(model)
+    require_images(model, "sample draws images (its samples.png and density.png are drawn by evaluate)")
+    path = picture_path(model, out, "samples")
     images = model.sample(n, generator=torch.Generator().manual_seed(seed)).clamp(0, 1).cpu()
-    return plot_image_grid(images.numpy(), min(8, n), _out(model, out, "samples"), f"{n} samples, step {model.step}")
+    return plot_image_grid(images.numpy(), min(8, n), path, f"{n} samples, step {model.step}")
 
 
 def reconstruct(path: TrainedModel | str | Path, n: int = 16, seed: int = 0, out: str | Path | None = None, images: Images = None) -> Path:
     """``n`` images beside their reconstructions D(μ(x)): real | reconstruction pairs."""
     model = as_trained(path)
-    _require_images(model)
+    require_images(model, "reconstruct draws images (its samples.png and density.png are drawn by evaluate)")
+    path = picture_path(model, out, "reconstructions")
     real, labels = pick_images(model, n, seed, images)
     rec = model.reconstruct(real, labels).clamp(0, 1).cpu()
     pairs = torch.stack([real, rec], dim=1).flatten(0, 1)  # real, rec, real, rec, ...
-    return plot_image_grid(pairs.numpy(), 8, _out(model, out, "reconstructions"), f"real | reconstruction, step {model.step}")
+    return plot_image_grid(pairs.numpy(), 8, path, f"real | reconstruction, step {model.step}")
 
 
 def bilinear_weights(size: int = 8) -> Tensor:
@@ -120,7 +114,9 @@ def interpolate(
     if size < 2:
         raise UserError(f"--size must be >= 2, got {size}")
     model = as_trained(path)
-    _require_images(model)
+    require_images(model, "interpolate draws images (its samples.png and density.png are drawn by evaluate)")
+    strip_path = picture_path(model, out and Path(out).with_name(Path(out).stem + "_linear.png"), "interpolation_linear")
+    grid_path = picture_path(model, out and Path(out).with_name(Path(out).stem + "_bilinear.png"), "interpolation_bilinear")
     corners, labels = pick_images(model, 4, seed, images)
     weights = torch.linspace(0, 1, size).view(-1, 1)
     corner_weights = bilinear_weights(size)
@@ -131,11 +127,9 @@ def interpolate(
     mu = model.encode(corners, labels)[0].cpu()
     strip = model.decode(mu[0] * (1 - weights) + mu[1] * weights, strip_labels).clamp(0, 1).cpu()
     grid = model.decode(corner_weights @ mu, grid_labels).clamp(0, 1).cpu()
-    strip_path = _out(model, out and Path(out).with_name(Path(out).stem + "_linear.png"), "interpolation_linear")
-    grid_path = _out(model, out and Path(out).with_name(Path(out).stem + "_bilinear.png"), "interpolation_bilinear")
     plot_image_grid(strip.numpy(), size, strip_path, f"linear interpolation, step {model.step}")
     plot_image_grid(grid.numpy(), size, grid_path, f"bilinear interpolation of 4 images, step {model.step}")
     return strip_path, grid_path
 
 
-__all__ = ["as_trained", "bilinear_latents", "bilinear_weights", "interpolate", "pick_images", "read_images", "reconstruct", "sample"]
+__all__ = ["as_trained", "bilinear_latents", "bilinear_weights", "interpolate", "pick_images", "picture_path", "read_images", "require_images", "reconstruct", "sample"]

@@ -26,7 +26,7 @@ import yaml
 from .checkpoint import CHECKPOINT_DIR, RUN_CONFIG, check_run_dir, checksum_path, list_checkpoints, load_latest_usable, save_checkpoint
 from .config import Config, load_run_config
 from .errors import RunDirWriteError, UserError
-from .files import atomic_write_text, remove_temporaries
+from .files import atomic_write_text, check_writable, remove_temporaries
 from .runlock import RunLock
 
 
@@ -42,16 +42,25 @@ class RunDir:
     lock_path = property(lambda self: self.path / "lock")
 
     @classmethod
+    def check_new(cls, path: str | Path) -> Path:
+        """``path`` if a new run can be created there (a place this process can write that holds no
+        run yet); else one line saying why. Nothing is created. A run that never saved a checkpoint
+        (it failed or was stopped before its first) holds nothing to lose: it may be started afresh."""
+        path = check_writable(path, "run directory", folder=True)
+        if (path / RUN_CONFIG).exists() and list_checkpoints(path / CHECKPOINT_DIR):
+            raise UserError(f"run directory {str(path)!r} already holds a run; continue it with --resume {path}")
+        return path
+
+    @classmethod
     def create(cls, path: str | Path, config: Config) -> "RunDir":
         """A new run directory holding ``config``, locked for this process (see :meth:`lock`)."""
-        run = cls(path)
-        if run.config_path.exists():
-            raise UserError(f"run directory {str(run.path)!r} already holds a run; continue it with --resume {run.path}")
+        run = cls(cls.check_new(path))
         run.path.mkdir(parents=True, exist_ok=True)
         run.lock()
         try:
-            if run.config_path.exists():  # created by another process while we took the lock
-                raise UserError(f"run directory {str(run.path)!r} already holds a run; continue it with --resume {run.path}")
+            cls.check_new(run.path)  # again under the lock: another process may have started it meanwhile
+            for stale in (run.metrics_path, run.final_metrics_path):  # of an attempt that saved no checkpoint
+                stale.unlink(missing_ok=True)
             atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
         except BaseException:
             run.unlock()
@@ -67,6 +76,7 @@ class RunDir:
         then remove what killed writers left behind: temporary files and checksums of checkpoints
         that were never completed."""
         if self._lock is None:
+            check_writable(self.path, "run directory", folder=True)
             lock = RunLock(self.lock_path)
             lock.acquire()
             self._lock = lock
@@ -118,6 +128,16 @@ class RunDir:
             atomic_write_text(self.final_metrics_path, json.dumps(metrics, indent=2) + "\n")
         except OSError as exc:
             raise RunDirWriteError(f"could not write {str(self.final_metrics_path)!r} ({exc.strerror or exc})") from None
+
+    def final_metrics(self, step: int) -> dict[str, float] | None:
+        """The metrics of the run's final evaluation if it was at ``step`` (from metrics.json), else None."""
+        try:
+            record = json.loads(self.final_metrics_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("step") != step:
+            return None
+        return {k: v for k, v in record.items() if k not in ("step", "total_steps", "train_seconds")}
 
     def checkpoints(self) -> list[Path]:
         """Checkpoint files, oldest first."""

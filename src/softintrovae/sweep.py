@@ -18,8 +18,9 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ import yaml
 from tqdm import tqdm
 
 from .config import load_config, parse_override
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .files import check_writable
+from .interrupts import SIGNALS, interrupts_raise
 from .rundir import RunDir, atomic_write_text
+from .yamlfiles import load_yaml
 
 Configuration = dict[str, Any]
 NOT_METRICS = ("step", "total_steps", "train_seconds")  # bookkeeping in metrics.json, not averaged
@@ -141,11 +145,48 @@ def train_or_resume(source: str, overrides: dict[str, Any], path: str | Path, co
         raise
 
 
-def _one_torch_thread() -> None:
-    """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores."""
+_stop_event = None  # in a worker: set by the parent once the sweep is interrupted
+
+
+def _worker_setup(stop) -> None:
+    """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores; an idle
+    worker ignores Ctrl-C and SIGTERM (the pool shuts it down), a working one stops as a command does;
+    ``stop``: the parent's event, set when the sweep is interrupted."""
     import torch
 
+    global _stop_event
+    _stop_event = stop
     torch.set_num_threads(1)
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _job(source: str, overrides: dict[str, Any], path: Path, command: Sequence[str]) -> dict[str, float]:
+    if _stop_event is not None and _stop_event.is_set():  # a job already queued when the sweep was interrupted
+        raise TrainingInterrupted(f"{path}: not started, the sweep was interrupted")
+    with interrupts_raise():
+        return train_or_resume(source, overrides, path, command)
+
+
+STOP_GRACE_SECONDS = 10.0  # how long interrupted workers get to save a checkpoint before the signal is passed on
+
+
+def _stop_workers(pool: ProcessPoolExecutor, futures: Sequence[Future], stop) -> None:
+    """After Ctrl-C or SIGTERM: no new run starts (``stop`` is set), and each run in progress stops
+    after saving a checkpoint.
+
+    A signal sent to the whole process group (Ctrl-C in a terminal, most schedulers) reached the
+    workers too; one sent to this process alone is passed on to them once they had time to stop.
+    """
+    stop.set()
+    for future in futures:
+        future.cancel()
+    _, running = wait([f for f in futures if not f.done()], timeout=STOP_GRACE_SECONDS)
+    if running:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        wait(running)
 
 
 def default_workers(jobs: int) -> int:
@@ -158,22 +199,31 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
         raise UserError(f"--workers must be >= 1, got {workers}")
     results: list[dict[str, float] | None] = [None] * len(jobs)
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_one_torch_thread)
+    stop = context.Event()
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_worker_setup, initargs=(stop,)
+    )
     with pool, tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True) as progress:
-        futures = {
-            pool.submit(train_or_resume, j.source, j.overrides, j.path, ["softintrovae", "(batch)", j.source]): i
-            for i, j in enumerate(jobs)
-        }
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                results[i] = future.result()
-            except TrainingDiverged:
-                results[i] = None  # its reason is in the run's diverged.txt
-            progress.update(1)
-            shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k not in NOT_METRICS][:3]
-            outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
-            progress.write(f"{jobs[i].path}: {outcome}")
+        futures = {pool.submit(_job, j.source, j.overrides, j.path, ["softintrovae", "(batch)", j.source]): i for i, j in enumerate(jobs)}
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except TrainingDiverged:
+                    results[i] = None  # its reason is in the run's diverged.txt
+                progress.update(1)
+                shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k not in NOT_METRICS][:3]
+                outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
+                progress.write(f"{jobs[i].path}: {outcome}")
+        except (KeyboardInterrupt, TrainingInterrupted):
+            progress.write("interrupted: the runs in progress save a checkpoint and stop ...")
+            _stop_workers(pool, list(futures), stop)
+            ended = sum(f.done() and not f.cancelled() and not isinstance(f.exception(), (KeyboardInterrupt, TrainingInterrupted)) for f in futures)
+            raise TrainingInterrupted(
+                f"interrupted with {ended} of {len(jobs)} runs finished; the others keep their last checkpoint: "
+                "run the same command again to continue"
+            ) from None
     return results
 
 
@@ -268,10 +318,11 @@ def sweep(
     out = Path(out)
     configurations = as_configurations(grid)
     jobs = plan(source, configurations, seeds, overrides or {}, out)
+    check_writable(out, "sweep directory", folder=True)
     out.mkdir(parents=True, exist_ok=True)
     spec = {"source": source, "configurations": configurations, "seeds": seeds, "overrides": overrides or {}}
     spec_path = out / "sweep.yaml"
-    if spec_path.exists() and yaml.safe_load(spec_path.read_text()) != spec:
+    if spec_path.exists() and load_yaml(spec_path.read_text(), str(spec_path)) != spec:
         raise UserError(f"{str(out)!r} holds a different sweep; use another --out")
     atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
     results = run_jobs(jobs, workers, desc=f"sweep {Path(source).stem}")

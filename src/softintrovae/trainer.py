@@ -16,10 +16,10 @@ run directory (see :mod:`softintrovae.distributed`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -31,13 +31,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from .callbacks import CallbackList
 from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
-from .data import build_data
+from .data import PYTHON_DATASET, TOY2D, build_data
 from .distributed import barrier, broadcast_module, current_process, device_for, init_process_group
-from .errors import TrainingDiverged, UserError, warn
+from .errors import TrainingDiverged, TrainingInterrupted, UserError, first_line, warn
 from .evaluation import build_evaluator
+from .interrupts import stop_after_step
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
+from .loggers import build_loggers
 from .methods import NonFiniteUpdate, Stepper, build_method
 from .metrics.features import feature_nets_dir
 from .models import build_models
@@ -47,16 +50,13 @@ from .files import atomic_write_text
 from .rundir import RunDir
 
 
-def run_evaluation(evaluator, encoder, decoder, run: RunDir, step: int, final: bool) -> dict[str, float]:
-    """Evaluate (metrics, plots into the run directory) and log the result as an ``eval`` or ``final`` record."""
+def run_evaluation(evaluator, encoder, decoder, run: RunDir, step: int, final: bool, log=None) -> dict[str, float]:
+    """Evaluate (metrics, plots into the run directory) and log the result as an ``eval`` or ``final``
+    record, through ``log`` (default: the run's metrics.jsonl)."""
     started = time.perf_counter()
     metrics = evaluator(encoder, decoder, run.path, step, final)
-    run.log({"step": step, "kind": "final" if final else "eval", **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
+    (log or run.log)({"step": step, "kind": "final" if final else "eval", **metrics, "eval_seconds": round(time.perf_counter() - started, 2)})
     return metrics
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal after saving a checkpoint."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,31 +98,41 @@ def resolve_schedule(config: Config, data, growth: GrowthSchedule | None = None)
     return steps, warmup
 
 
-@contextmanager
-def _stop_on_signals(flag: dict[str, bool]):
-    """First SIGINT/SIGTERM asks the loop to stop after the current step; a second one aborts."""
-    previous = {}
+def _resumed_config(config: Config, overrides: dict[str, Any]) -> Config:
+    """The run's config with the ``train.*`` overrides a resume may make (one line for any other)."""
+    bad = [k for k in overrides if not k.startswith("train.")]
+    if bad:
+        raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
+    if "train.seed" in overrides and overrides["train.seed"] != config.train.seed:
+        raise UserError(
+            f"cannot change train.seed when resuming (it is {config.train.seed}): the random state comes from the checkpoint; "
+            "train a new run for another seed"
+        )
+    resumed = config_from_dict(apply_overrides(config.to_dict(), overrides))
+    check_steps_override(resumed, overrides)
+    return resumed
 
-    def handler(signum, frame):
-        if flag["stop"]:
-            raise KeyboardInterrupt
-        flag["stop"] = True
 
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+def _check_not_behind(total_steps: int, step: int, checkpoint: Path, overrides: dict[str, Any]) -> None:
+    """A resume cannot end a run before the step its checkpoint is at."""
+    if total_steps < step:
+        asked = ", ".join(f"{k}={v}" for k, v in overrides.items() if k in ("train.steps", "train.epochs")) or "its config.yaml"
+        raise UserError(
+            f"{asked} would end the run at step {total_steps}, but it is at step {step} ({checkpoint.name}); "
+            "a resume cannot go back: give a larger value, or train a new run"
+        )
 
 
 class Trainer:
-    def __init__(self, config: Config, run: RunDir | None):
-        """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists."""
+    def __init__(self, config: Config, run: RunDir | None, callbacks: list | None = None, dataset=None):
+        """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists.
+
+        ``callbacks`` watch (and may stop) the training, after the loggers of ``train.loggers`` (see
+        :mod:`softintrovae.callbacks`); ``dataset`` is a map-style image Dataset to train on
+        (``data.name`` becomes ``dataset``).
+        """
+        if dataset is not None and config.data.name != PYTHON_DATASET:
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, name=PYTHON_DATASET, root=None))
         self.config, self.run = config, run
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -131,7 +141,7 @@ class Trainer:
         autocast = autocast_for(self.device, config.train.precision)
         init_process_group(process, self.device)
         torch.manual_seed(config.train.seed)
-        self.data = build_data(config, process.rank, process.world_size)
+        self.data = build_data(config, process.rank, process.world_size, dataset=dataset, device=self.device)
         self.growth = build_growth(config, self.data, process.world_size)
         if self.growth is not None:
             self.data = ProgressiveStream(self.data, self.growth)
@@ -173,13 +183,18 @@ class Trainer:
         )
         # an EMA copy of the decoder draws the samples and metrics, when asked for
         self.ema = EMA(self.decoder, config.train.ema_half_life) if config.train.ema_half_life else None
-        self.evaluator = build_evaluator(config, self.data.source)
+        self.evaluator = build_evaluator(config, self.data.source, progress=config.train.progress and process.is_main)
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.last_checkpoint: Path | None = None
         self.checkpoint_step = -1
         self.skipped_steps = 0  # batches whose updates were undone (train.on_nonfinite: skip)
         self.consecutive_skips = 0
+        self.finished: dict[str, float] | None = None  # set by resume() for a run with nothing left to do
+        loggers = build_loggers(config.train.loggers) if process.is_main else []  # rank 0 writes the run
+        self.callbacks = CallbackList([*loggers, *(callbacks or [])])
+        self.stop_requested = False  # a callback returned STOP
+        self.stopped_at: int | None = None  # the step a callback stopped the run at
 
     # ---- state -------------------------------------------------------------------------------
 
@@ -200,6 +215,7 @@ class Trainer:
             "config": self.config.to_dict(),
             "model": model_record(self.data.input_shape, self.encoder.num_classes, self.encoder.latents),
             "total_steps": self.total_steps,
+            "data": self.data.state_dict(self.step),  # the sampler's position (and points' standardisation)
             **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
             **({"decoder_ema": self.ema.module.state_dict()} if self.ema else {}),
         }
@@ -217,6 +233,7 @@ class Trainer:
         if self.ema:
             self.ema.module.load_state_dict(state.get("decoder_ema", state["decoder"]))
         self.step = int(state["step"])
+        self.data.load_state_dict(state.get("data"), self.step)
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.consecutive_skips = int(state.get("consecutive_skips", 0))
@@ -226,52 +243,65 @@ class Trainer:
         try:
             self.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise UserError(f"checkpoint {str(checkpoint)!r} does not fit this run's config.yaml ({reason[:160]})") from None
 
     def save_checkpoint(self) -> Path | None:
         """Rank 0 saves (all processes hold the same weights); the others only note the step."""
         self.checkpoint_step = self.step
         if not self.process.is_main:
+            self._callback("on_checkpoint", self.step, None)
             return None
         self.last_checkpoint = self.run.save_checkpoint(self.step, self.state_dict(), self.config.train.keep_checkpoints)
         self.checkpoint_step = self.step
+        self._callback("on_checkpoint", self.step, self.last_checkpoint)
         return self.last_checkpoint
 
     @classmethod
-    def resume(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "Trainer":
+    def resume(cls, path: str | Path, overrides: dict[str, Any] | None = None, callbacks: list | None = None, dataset=None) -> "Trainer":
         """Reopen a run directory and continue from its latest checkpoint.
 
-        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer).
+        Only ``train.*`` settings may change on resume (e.g. ``train.steps`` to train longer), never
+        to end the run before the step it is at, and not ``train.seed`` (the random state comes from
+        the checkpoint). A run that trained all its steps and had its final evaluation is left as it
+        is: :attr:`finished` holds that evaluation's metrics and :meth:`fit` returns them at once.
+        Nothing is written before every check has passed. A run trained on a Python ``dataset``
+        needs it again.
         """
         run = RunDir.open(path)
         config = run.load_config()
         is_main = current_process().is_main
         if overrides:
-            bad = [k for k in overrides if not k.startswith("train.")]
-            if bad:
-                raise UserError(f"cannot change {bad[0]!r} when resuming; only train.* settings may change")
-            config = config_from_dict(apply_overrides(config.to_dict(), overrides))
-            check_steps_override(config, overrides)
+            config = _resumed_config(config, overrides)
         if is_main:
             run.lock()  # released when fit() ends
         try:
-            if overrides and is_main:
-                atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-                if run.final_metrics_path.exists():  # it described the run before it was extended
-                    run.final_metrics_path.unlink()
-            trainer = cls(config, run)
             loaded = run.load_latest_checkpoint()  # a corrupt latest one is passed over with a warning
+            if loaded is not None and "imported" in loaded[1]:
+                source = loaded[1]["imported"].get("source", "another trainer")
+                raise UserError(
+                    f"run {str(run.path)!r} was imported from the {source}: its checkpoint holds no optimizer "
+                    "state, so it cannot be resumed (sample, evaluate or export it, or train a new run)"
+                )
+            trainer = cls(config, run, callbacks=callbacks, dataset=dataset)
             barrier(trainer.process)  # every process has read the checkpoint before rank 0 writes again
             if loaded is not None:
                 checkpoint, state = loaded
+                _check_not_behind(trainer.total_steps, int(state["step"]), checkpoint, overrides or {})
                 trainer.restore(state, checkpoint)
                 trainer.last_checkpoint, trainer.checkpoint_step = checkpoint, trainer.step
-                if is_main:
-                    run.set_aside_checkpoints_after(checkpoint)
+                if trainer.step >= trainer.total_steps:
+                    trainer.finished = run.final_metrics(trainer.step)
+            if is_main and trainer.finished is None:
+                if overrides:
+                    atomic_write_text(run.config_path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    if run.final_metrics_path.exists():  # it described the run before it was extended
+                        run.final_metrics_path.unlink()
+                if loaded is not None:
+                    run.set_aside_checkpoints_after(loaded[0])
                     run.truncate_log(trainer.step)
-            elif is_main and run.metrics_path.exists():  # nothing to resume from: start over with a clean log
-                run.metrics_path.unlink()
+                elif run.metrics_path.exists():  # nothing to resume from: start over with a clean log
+                    run.metrics_path.unlink()
         except BaseException:
             run.unlock()
             raise
@@ -311,25 +341,49 @@ class Trainer:
         if self.process.is_main:
             warn(f"{what}: batch skipped, none of its updates applied ({self.skipped_steps} skipped so far)")
 
+    def _callback(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` of the loggers and callbacks; note a request to stop."""
+        if self.callbacks.call(hook, self, *args):
+            self.stop_requested = True
+
     def log(self, record: dict[str, Any]) -> None:
+        """A record of the run (metrics.jsonl and the other loggers), written by rank 0."""
         if self.process.is_main:
-            self.run.log(record)
+            self._callback("on_log", record)
 
     def evaluate(self, final: bool) -> dict[str, float]:
         """Rank 0 evaluates (metrics, plots); the other processes return {} at once."""
         if not self.process.is_main:
             return {}
         decoder = self.ema.module if self.ema else self.decoder
-        return run_evaluation(self.evaluator, self.encoder, decoder, self.run, self.step, final)
+        metrics = run_evaluation(self.evaluator, self.encoder, decoder, self.run, self.step, final, log=self.log)
+        self._callback("on_eval", self.step, metrics, final)
+        return metrics
 
     def fit(self) -> dict[str, float]:
         """Train to ``train.steps`` (or ``train.epochs``), then run the final evaluation; returns its
-        metrics. The run directory's lock is released however it ends."""
+        metrics ({} when a callback stopped the run early: ``stopped_at`` says where). The run
+        directory's lock is released however it ends."""
+        metrics = None
         try:
-            return self._fit()
+            if self.finished is not None:
+                metrics = dict(self.finished)
+                return metrics
+            self._callback("on_train_start")
+            metrics = self._fit()
+            return metrics
         finally:
-            if self.run is not None and self.process.is_main:
-                self.run.unlock()
+            try:
+                self.callbacks.call("on_train_end", self, metrics or None)
+            finally:
+                if self.run is not None and self.process.is_main:
+                    self.run.unlock()
+
+    def _write_data_record(self) -> None:
+        """``RUN/data.json``: what the run trains on (sizes, the cache chosen, points' standardisation)."""
+        if self.process.is_main and self.run is not None:
+            record = {"name": self.config.data.name, **self.data.describe()}
+            atomic_write_text(self.run.path / "data.json", json.dumps(record, indent=2) + "\n")
 
     def _fit(self) -> dict[str, float]:
         cfg, total_steps = self.config.train, self.total_steps
@@ -343,9 +397,10 @@ class Trainer:
             smoothing=0.05,
         )
         skip = cfg.on_nonfinite == "skip"
-        batches = self.data.batches(self.step)
+        self._write_data_record()
         started, seconds_before = time.perf_counter(), self.train_seconds
-        with _stop_on_signals(flag), progress:
+        # closing the batches ends a DataLoader's worker processes
+        with stop_after_step(flag), progress, closing(self.data.batches(self.step)) as batches:
             while self.step < total_steps:
                 self.train_seconds = seconds_before + time.perf_counter() - started
                 batch = next(batches)
@@ -370,6 +425,7 @@ class Trainer:
                     scheduler.step()
                 self.step += 1
                 progress.update(1)
+                self._callback("on_step_end", self.step, losses or {})
                 if losses is not None and (self.step % cfg.log_every == 0 or self.step == total_steps):
                     record = {k: round(float(v), 6) for k, v in losses.items()}
                     if self.growth is not None:
@@ -387,10 +443,25 @@ class Trainer:
                     raise TrainingInterrupted(
                         f"interrupted at step {self.step}; checkpoint saved; continue with: softintrovae train --resume {where}"
                     )
+                if self.stop_requested and self.step < total_steps:
+                    break
         self.train_seconds = seconds_before + time.perf_counter() - started
-        if self.checkpoint_step != self.step:  # e.g. resumed a run that had already finished
+        if self.stop_requested and self.step < total_steps:  # a callback ended the run: resumable from here
+            if self.checkpoint_step != self.step:
+                self.save_checkpoint()
+            self.stopped_at = self.step
+            barrier(self.process)
+            return {}
+        if self.checkpoint_step != self.step:  # e.g. resumed a run whose final evaluation was interrupted
             self.save_checkpoint()
-        metrics = self.evaluate(final=True)
+        try:
+            metrics = self.evaluate(final=True)
+        except KeyboardInterrupt:
+            where = self.run.path if self.run else "RUN_DIR"
+            raise TrainingInterrupted(
+                f"interrupted during the final evaluation; the checkpoint of step {self.step} is saved; "
+                f"evaluate it with: softintrovae evaluate {where}"
+            ) from None
         if self.process.is_main:
             self.run.write_final_metrics(
                 {"step": self.step, "total_steps": self.total_steps, **metrics, "train_seconds": round(self.train_seconds, 1)}
@@ -406,6 +477,8 @@ class Trainer:
 class RunResult:
     run_dir: Path
     metrics: dict[str, float]
+    already_finished: bool = False  # a resume found nothing left to do: these are the run's final metrics
+    stopped_at: int | None = None  # the step a callback stopped the run at (no final metrics then)
 
 
 def _record_or_unlock(run: RunDir, argv: list[str]) -> None:
@@ -426,32 +499,53 @@ def train(
     out: str | Path | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
     argv: list[str] | None = None,
+    callbacks: list | None = None,
+    dataset=None,
 ) -> RunResult:
-    """Train a preset, config file, dict or Config into a new run directory; returns its final metrics."""
+    """Train a preset, config file, dict or Config into a new run directory; returns its final metrics.
+
+    ``callbacks`` watch and may stop the run (:mod:`softintrovae.callbacks`); ``dataset``, a map-style
+    ``torch.utils.data.Dataset`` of images (or (image, label) pairs), replaces the config's data.
+    """
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(config.to_dict(), overrides)
-    trainer = Trainer(config, None)  # data and models first: a missing dataset leaves no run directory behind
-    path = Path(out or default_run_dir(config.name))
+    path = RunDir.check_new(out or default_run_dir(config.name))  # a place it cannot write stops it before any work
+    trainer = Trainer(config, None, callbacks=callbacks, dataset=dataset)  # data and models next: a missing dataset leaves no run directory behind
     if trainer.process.is_main:
-        trainer.run = RunDir.create(path, config)
+        trainer.run = RunDir.create(path, trainer.config)
         _record_or_unlock(trainer.run, argv or ["python-api", "train", config.name])
-    return RunResult(path, trainer.fit())
+    metrics = trainer.fit()
+    return RunResult(path, metrics, stopped_at=trainer.stopped_at)
 
 
-def resume(path: str | Path, overrides: dict[str, Any] | list[str] | None = None, argv: list[str] | None = None) -> RunResult:
-    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``)."""
+def resume(
+    path: str | Path,
+    overrides: dict[str, Any] | list[str] | None = None,
+    argv: list[str] | None = None,
+    callbacks: list | None = None,
+    dataset=None,
+) -> RunResult:
+    """Continue a run directory from its latest checkpoint (to its, possibly raised, ``train.steps``);
+    ``callbacks`` and ``dataset`` as for :func:`train` (a run trained on a Python dataset needs it again).
+
+    A run that already trained all its steps and was evaluated is left untouched: its final metrics
+    come back with ``already_finished`` set (nothing is trained, evaluated or recorded).
+    """
     if isinstance(overrides, list):
         overrides = dict(parse_override(o) for o in overrides)
-    trainer = Trainer.resume(path, overrides)
-    if trainer.process.is_main:
+    trainer = Trainer.resume(path, overrides, callbacks=callbacks, dataset=dataset)
+    if trainer.process.is_main and trainer.finished is None:
         _record_or_unlock(trainer.run, argv or ["python-api", "resume", str(path)])
-    return RunResult(trainer.run.path if trainer.run else Path(path), trainer.fit())
+    run_dir = trainer.run.path if trainer.run else Path(path)
+    return RunResult(run_dir, trainer.fit(), already_finished=trainer.finished is not None, stopped_at=trainer.stopped_at)
 
 
 def _check_feature_net(config: Config) -> None:
-    """FID/KID asked for explicitly need the dataset's feature net (training skips them without one)."""
+    """FID/KID asked for explicitly need an image run and the dataset's feature net (training skips them without one)."""
+    if config.eval.fid_samples and config.data.name in TOY2D:
+        raise UserError(f"FID/KID measure images; this is a 2D run ({config.data.name}), whose metrics are KL, JSD and gnELBO")
     net = feature_nets_dir() / f"{config.data.name}.pt"
     if config.eval.fid_samples and not net.is_file():
         raise UserError(
@@ -460,10 +554,11 @@ def _check_feature_net(config: Config) -> None:
         )
 
 
-def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[str, Any] | None = None) -> RunResult:
+def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[str, Any] | None = None, dataset=None) -> RunResult:
     """Re-run the final evaluation of a run's latest checkpoint (metrics.json and plots).
 
-    ``overrides`` may change ``eval.*`` settings for this evaluation only (e.g. ``eval.fid_samples``).
+    ``overrides`` may change ``eval.*`` settings for this evaluation only (e.g. ``eval.fid_samples``);
+    a run trained on a Python ``dataset`` needs it again.
     """
     run = RunDir.open(path)
     run.lock()  # it writes metrics.json and plots: not while a training writes the run
@@ -476,12 +571,14 @@ def evaluate(path: str | Path, argv: list[str] | None = None, overrides: dict[st
             config = config_from_dict(apply_overrides(config.to_dict(), overrides))
             _check_feature_net(config)
         model = TrainedModel.load(run.path, config).to(resolve_device(config.train.device))
-        data = build_data(config)  # the held-out images or points the metrics compare with
+        data = build_data(config, dataset=dataset)  # the held-out images or points the metrics compare with
+        data.load_state_dict(model.state.get("data"), model.step, resuming=False)  # e.g. the points' standardisation
         total_steps = model.state.get("total_steps") or resolve_schedule(config, data, build_growth(config, data))[0]
-        run.record_command(argv or ["python-api", "evaluate", str(path)])
-        metrics = run_evaluation(build_evaluator(config, data), model.encoder, model.sampling_decoder, run, model.step, final=True)
+        evaluator = build_evaluator(config, data, progress=config.train.progress)
+        metrics = run_evaluation(evaluator, model.encoder, model.sampling_decoder, run, model.step, final=True)
         timing = {"train_seconds": round(float(model.state["train_seconds"]), 1)} if "train_seconds" in model.state else {}
         run.write_final_metrics({"step": model.step, "total_steps": total_steps, **metrics, **timing})
+        run.record_command(argv or ["python-api", "evaluate", str(path)])  # once it is done: an interrupted one did not evaluate
     finally:
         run.unlock()
     return RunResult(run.path, metrics)

@@ -24,17 +24,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .checkpoint import as_trained
 from .data.rendered import TranslationSet
 from .data.translation import load_translation_set
 from .errors import UserError, warn
-from .pictures import as_trained, pick_images
+from .pictures import pick_images, picture_path
 from .files import save_figure
 from .plots import tile_images  # importing plots selects the file-only Agg backend
 from .models import eval_mode, latents_of
 from .objectives import kl_to_standard_normal
 from .checkpoint import TrainedModel
 from .config import Config
-from .files import atomic_write_text
+from .files import atomic_write_text, check_writable
 from .rundir import RunDir
 
 CHUNK = 256  # images per forward pass
@@ -264,6 +265,7 @@ def translate(
     a folder of images or a tensor): its first ``rows`` images give the classes, the next ``columns``
     the contents (no ground truth then)."""
     model = as_trained(run_dir)
+    path = picture_path(model, out, f"transfer_{split}")
     if images is not None:
         picked, _ = pick_images(model, rows + columns, seed, images)
         class_images, content_images = picked[:rows], picked[rows:]
@@ -280,8 +282,6 @@ def translate(
         if bool(known.all()):
             truth = all_images[answer].view_as(matrix)
             panels["ground truth"] = _bordered(truth, class_images, content_images)
-    folder = model.run_dir if model.run_dir is not None else model.checkpoint.parent
-    path = Path(out) if out else folder / "pictures" / f"transfer_{split}_step{model.step:07d}.png"
     config = model.config
     plot_transfer_matrix(panels, path, f"{config.method.name}, step {model.step}, {split} split ({config.data.name})")
     return TransferMatrix(path, matrix, truth)
@@ -309,6 +309,7 @@ def evaluate_transfer(run_dir: TrainedModel | str | Path, pairs: int = 2000, spl
     model = as_trained(run_dir)
     if model.run_dir is None:
         raise UserError(f"{str(model.checkpoint)!r} is a checkpoint file: evaluate its run directory, where the results are written")
+    check_writable(model.run_dir, "run directory", folder=True)
     data = _translation_data(model.config, model.run_dir, split, posed=True)
     errors = transfer_errors(model.encoder, model.sampling_decoder, data, pairs=pairs, seed=seed)
     metrics = flat_metrics(errors, split)
@@ -342,6 +343,7 @@ def transfer_curve(run_dir: str | Path, pairs: int = 1000, split: str = "test", 
     ``transfer_curve.png`` (transfer and reconstruction MSE / SSIM against the two copy answers) into
     the run directory and returns the JSON's content."""
     run = RunDir.open(run_dir)
+    check_writable(run.path, "run directory", folder=True)
     config = run.load_config()
     data = _translation_data(config, run.path, split, posed=True)
     if not run.checkpoints():

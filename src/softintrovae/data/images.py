@@ -12,8 +12,8 @@ import gzip
 import math
 import zlib
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
+from .sampling import ImageEpochStream
 
 LabelledImages = tuple[Tensor, Tensor | None]  # images (N, C, H, W) uint8, labels (N,) int64 or None
 
@@ -75,7 +76,7 @@ def load_mnist_family(name: str, root: str | Path | None = None, split: str = "t
                 f"{name} not found in {root} (looked for {prefix}-images-idx3-ubyte.gz): set data.root "
                 f"to the folder holding the IDX files"
             )
-    root = Path(root)
+    root = _idx_folder(Path(root), name, prefix)
     images = read_idx(_idx_path(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_path(root, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
@@ -83,6 +84,18 @@ def load_mnist_family(name: str, root: str | Path | None = None, split: str = "t
             f"{name} files in {root} do not match: images {images.shape} {images.dtype}, labels {labels.shape}"
         )
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long()
+
+
+TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def _idx_folder(root: Path, name: str, prefix: str) -> Path:
+    """The folder of the IDX files: ``root`` itself, or torchvision's ``root/MNIST/raw`` /
+    ``root/FashionMNIST/raw`` (or ``root/raw``) when ``root`` is the folder torchvision downloaded to."""
+    for folder in (root, root / TORCHVISION_FOLDERS[name] / "raw", root / "raw"):
+        if _idx_path(folder, f"{prefix}-images-idx3-ubyte").exists():
+            return folder
+    return root
 
 
 def _idx_path(root: Path, stem: str) -> Path:
@@ -104,29 +117,57 @@ def load_digits_28() -> LabelledImages:
 
 
 def load_image_folder(root: str | Path, size: int, channels: int = 3) -> LabelledImages:
-    """PNG/JPEG files under ``root`` (recursively), short side resized to ``size``, centre-cropped.
+    """PNG/JPEG files under ``root`` (recursively), short side resized to ``size``, centre-cropped,
+    all decoded into memory (:class:`FolderImages` reads them one at a time instead).
 
     Labels are the sorted class sub-folder indices when every image sits in a direct sub-folder of
     ``root``, else None.
     """
-    root = Path(root)
-    if channels not in (1, 3):
-        raise UserError(f"image folder channels must be 1 or 3, got {channels}")
-    if size < 1:
-        raise UserError(f"image size must be >= 1, got {size}")
-    if not root.is_dir():
-        raise UserError(f"image folder {str(root)!r} does not exist")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"image folder {str(root)!r} holds no .png/.jpg/.jpeg files")
-    mode = "RGB" if channels == 3 else "L"
-    images = torch.from_numpy(np.stack([_read_square_image(p, size, mode) for p in files]))
+    folder = FolderImages(root, size, channels)
+    images = torch.from_numpy(np.stack([folder.read(i) for i in range(len(folder))]))
     images = images.unsqueeze(1) if channels == 1 else images.permute(0, 3, 1, 2).contiguous()
-    if not all(p.parent.parent == root for p in files):
-        return images, None
-    classes = sorted({p.parent.name for p in files})
-    index = {name: i for i, name in enumerate(classes)}
-    return images, torch.tensor([index[p.parent.name] for p in files], dtype=torch.int64)
+    return images, folder.labels
+
+
+class FolderImages:
+    """The PNG/JPEG files under ``root`` (recursively) as a map-style dataset: item i is
+    (uint8 (C, size, size) tensor, label or −1), decoded when asked for, so memory does not grow
+    with the number of files. Labels are the sorted class sub-folder indices when every image sits
+    in a direct sub-folder of ``root``, else there are none (``labels`` None)."""
+
+    def __init__(self, root: str | Path, size: int, channels: int = 3):
+        root = Path(root)
+        if channels not in (1, 3):
+            raise UserError(f"image folder channels must be 1 or 3, got {channels}")
+        if size < 1:
+            raise UserError(f"image size must be >= 1, got {size}")
+        if not root.is_dir():
+            raise UserError(f"image folder {str(root)!r} does not exist")
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise UserError(f"image folder {str(root)!r} holds no .png/.jpg/.jpeg files")
+        self.size, self.channels, self.mode = size, channels, "RGB" if channels == 3 else "L"
+        self.labels: Tensor | None = None
+        if all(p.parent.parent == root for p in self.files):
+            classes = sorted({p.parent.name for p in self.files})
+            index = {name: i for i, name in enumerate(classes)}
+            self.labels = torch.tensor([index[p.parent.name] for p in self.files], dtype=torch.int64)
+        self.shape = (channels, size, size)  # one image's
+        self.num_classes = 0 if self.labels is None else int(self.labels.max()) + 1
+        self.nbytes = len(self.files) * channels * size * size  # decoded
+        self.description = f"image folder {root.name}, {size}x{size}"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int) -> np.ndarray:
+        """Image i as uint8 (size, size[, 3])."""
+        return _read_square_image(self.files[i], self.size, self.mode)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        image = torch.from_numpy(self.read(i))
+        image = image.unsqueeze(0) if self.channels == 1 else image.permute(2, 0, 1)
+        return image.contiguous(), -1 if self.labels is None else int(self.labels[i])
 
 
 def _read_square_image(path: Path, size: int, mode: str) -> np.ndarray:
@@ -142,7 +183,7 @@ def _read_square_image(path: Path, size: int, mode: str) -> np.ndarray:
     width, height = (max(size, round(side * scale)) for side in image.size)
     image = image.resize((width, height), Image.Resampling.BICUBIC)
     left, top = (width - size) // 2, (height - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
+    return np.array(image.crop((left, top, left + size, top + size)))  # a writable copy
 
 
 def load_npz(path: str | Path, key: str | None = None) -> LabelledImages:
@@ -152,39 +193,64 @@ def load_npz(path: str | Path, key: str | None = None) -> LabelledImages:
     ``images`` or ``x``; labels, optional, are ``labels`` or ``y``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"npz file {str(path)!r} not found")
-    if not zipfile.is_zipfile(path):  # np.load would return a plain array for .npy, or try pickle on garbage
-        raise UserError(f"npz file {str(path)!r} is not an .npz (zip) archive")
+    check_npz_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            names = [key] if key is not None else ["images", "x"]
-            found = [n for n in names if n in archive.files]
-            if not found:
-                raise UserError(f"{str(path)!r} has no array named {' or '.join(names)} (it has {archive.files})")
-            images = archive[found[0]]
-            label_key = next((n for n in ("labels", "y") if n in archive.files), None)
+            image_key, label_key = npz_keys(archive.files, key, path)
+            images = archive[image_key]
             labels = archive[label_key] if label_key else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UserError(f"npz file {str(path)!r} is not a readable .npz archive ({exc})") from None
     return _images_to_nchw_uint8(images, str(path)), _labels_to_int64(labels, len(images), str(path))
 
 
-def _images_to_nchw_uint8(images: np.ndarray, source: str) -> Tensor:
-    if images.ndim == 3:
+def check_npz_file(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"npz file {str(path)!r} not found")
+    if not zipfile.is_zipfile(path):  # np.load would return a plain array for .npy, or try pickle on garbage
+        raise UserError(f"npz file {str(path)!r} is not an .npz (zip) archive")
+
+
+def npz_keys(files: list[str], key: str | None, path: Path) -> tuple[str, str | None]:
+    """(the images array's name: ``key``, else ``images`` or ``x``; the labels' name, ``labels`` or ``y``, or None)."""
+    names = [key] if key is not None else ["images", "x"]
+    found = [n for n in names if n in files]
+    if not found:
+        raise UserError(f"{str(path)!r} has no array named {' or '.join(names)} (it has {files})")
+    return found[0], next((n for n in ("labels", "y") if n in files), None)
+
+
+def image_layout(shape: tuple[int, ...], dtype: np.dtype, source: str) -> str:
+    """How an array of images is laid out, ``nhw``, ``nhwc`` or ``nchw`` (a second axis of size 1 or 3
+    is read as channels-first), after checking its dtype is uint8 or float."""
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise UserError(f"images in {source!r} must be uint8 or float in [0, 1], got {dtype}")
+    if len(shape) == 3:
+        return "nhw"
+    if len(shape) == 4 and shape[1] not in (1, 3) and shape[3] in (1, 3):
+        return "nhwc"
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise UserError(f"images in {source!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3, got {tuple(shape)}")
+    return "nchw"
+
+
+def nchw_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
+    """One image's (C, H, W) in an array of ``shape`` laid out as ``layout``."""
+    if layout == "nhw":
+        return (1, *shape[1:3])
+    return (shape[3], *shape[1:3]) if layout == "nhwc" else tuple(shape[1:4])
+
+
+def _images_to_nchw_uint8(images: np.ndarray, source: str, layout: str | None = None) -> Tensor:
+    layout = layout or image_layout(images.shape, images.dtype, source)
+    if layout == "nhw":
         images = images[:, None]
-    elif images.ndim == 4 and images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
+    elif layout == "nhwc":
         images = images.transpose(0, 3, 1, 2)
-    elif images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise UserError(
-            f"images in {source!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3, got {images.shape}"
-        )
     if np.issubdtype(images.dtype, np.floating):
         if not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
             raise UserError(f"float images in {source!r} must lie in [0, 1]")
         images = np.rint(images * 255)
-    elif images.dtype != np.uint8:
-        raise UserError(f"images in {source!r} must be uint8 or float in [0, 1], got {images.dtype}")
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
 
 
@@ -196,6 +262,19 @@ def _labels_to_int64(labels: np.ndarray | None, count: int, source: str) -> Tens
             f"labels in {source!r} must be {count} non-negative integers, got {labels.shape} {labels.dtype}"
         )
     return torch.from_numpy(labels.astype(np.int64))
+
+
+def centred_padding(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """``F.pad``'s (left, right, top, bottom) that centre a height x width image in size x size."""
+    if height > size or width > size:
+        raise UserError(f"data.pad_to {size} is smaller than the images ({height}x{width})")
+    top, left = (size - height) // 2, (size - width) // 2
+    return left, size - width - left, top, size - height - top
+
+
+def pad_images(images: Tensor, size: int) -> Tensor:
+    """Zero-pad (N, C, H, W) images, centred, to size x size."""
+    return F.pad(images, centred_padding(*images.shape[-2:], size))
 
 
 TORCHVISION_SPLITS = {
@@ -235,14 +314,9 @@ def load_torchvision(name: str, root: str | Path, split: str = "train", size: in
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), None
 
 
-class ImageStream:
-    """Shuffled mini-batches of images in [0, 1]; batch ``k`` depends only on (seed, k), so resuming is exact.
-
-    Each epoch draws its own permutation from (seed, epoch); every image appears once per epoch.
-    In a data-parallel job each step takes ``world_size`` consecutive batches of the permutation
-    and process ``rank`` trains on the ``rank``-th: disjoint shards that cover the epoch, as
-    ``DistributedSampler`` gives (``batch_size`` is per process).
-    """
+class ImageStream(ImageEpochStream):
+    """Shuffled mini-batches of images held in memory as uint8, served as floats in [0, 1]; batch ``k``
+    depends only on (seed, k), so resuming is exact (the order: :class:`~softintrovae.data.sampling.EpochStream`)."""
 
     def __init__(
         self,
@@ -256,80 +330,22 @@ class ImageStream:
     ):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise UserError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if len(images) == 0:
-            raise UserError("the image dataset is empty")
         if labels is not None and labels.shape != images.shape[:1]:
             raise UserError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
-        if batch_size < 1:
-            raise UserError(f"batch size must be >= 1, got {batch_size}")
-        global_batch = batch_size * world_size
-        if drop_last and global_batch > len(images):
-            raise UserError(f"batch size {global_batch} ({world_size} x {batch_size}) is larger than the dataset ({len(images)} images)")
-        self.images = images  # (N, C, H, W) uint8: a quarter of the memory of floats (FFHQ 256: 13.8 GB)
+        super().__init__(len(images), batch_size, seed, drop_last, rank, world_size)
+        self.images = images  # (N, C, H, W) uint8: a quarter of the memory of floats
         self.labels = None if labels is None else labels.long()
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        n = len(images)
-        self.steps_per_epoch = n // global_batch if drop_last else -(-n // global_batch)
         self.input_shape = tuple(images.shape[1:])
         # labels are class indices 0..K-1, so K = max + 1 (the number of distinct labels when none is unused)
         self.num_classes = 0 if labels is None else int(labels.max()) + 1
-        self._epoch, self._permutation = -1, torch.empty(0, dtype=torch.int64)
-
-    @property
-    def source(self) -> "ImageStream":
-        """The stream evaluation samples from (itself)."""
-        return self
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def permutation(self, epoch: int) -> Tensor:
-        """The order of the images in ``epoch`` (the last one is cached: consecutive steps share it)."""
-        if epoch != self._epoch:
-            # torch's CPU generator keeps 32 bits of a seed: mix (seed, epoch) into them
-            key = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-            self._permutation = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(key))
-            self._epoch = epoch
-        return self._permutation
-
-    def batch(self, step: int) -> tuple[Tensor, Tensor | None]:
-        """(x (B, C, H, W) float32 in [0, 1], y (B,) int64 or None) for global step ``step``."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        start = (position * self.world_size + self.rank) * self.batch_size
-        return self.take(self.permutation(epoch)[start : start + self.batch_size])
 
     def take(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
         """(the images ``index`` as float32 in [0, 1], their labels or None)."""
         return self.images[index].float().div_(255), None if self.labels is None else self.labels[index]
 
-    def indices(self, start: int, count: int) -> Tensor:
-        """Indices of the images at positions start..start+count−1 of the endless sequence of epochs
-        (each epoch in its own permutation), for streams whose batch size changes (progressive growing)."""
-        n = len(self.images)
-        parts, position = [], start
-        while count > 0:
-            epoch, offset = divmod(position, n)
-            part = self.permutation(epoch)[offset : offset + count]
-            parts.append(part)
-            position, count = position + len(part), count - len(part)
-        return torch.cat(parts)
+    def real_images(self, limit: int | None = None) -> Tensor:
+        """The training images as uint8 (N, C, H, W) for FID/KID: all of them (they are in memory)."""
+        return self.images
 
-    def batches(self, start_step: int = 0) -> Iterator[tuple[Tensor, Tensor | None]]:
-        step = start_step
-        while True:
-            yield self.batch(step)
-            step += 1
-
-    def sample_labelled(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
-        """n distinct random images (with replacement only when n exceeds the dataset) and their
-        labels (None for unlabelled data), for evaluation and pictures."""
-        count = len(self.images)
-        if n <= count:
-            index = torch.randperm(count, generator=generator)[:n]
-        else:
-            index = torch.randint(count, (n,), generator=generator)
-        return self.take(index)
-
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """n distinct random images, as :meth:`sample_labelled` without the labels."""
-        return self.sample_labelled(n, generator)[0]
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "cache": "memory", "memory_mb": round(self.images.nbytes / 2**20, 1)}

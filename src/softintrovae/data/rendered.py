@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..files import atomic_write_bytes
@@ -164,7 +165,9 @@ def cache_dir() -> Path:
 def _render_classes(classes: range, size: int, seed: int, azimuths: int, elevations: tuple[float, ...]) -> np.ndarray:
     poses = azimuths * len(elevations)
     images = np.empty((len(classes) * poses, size, size, 3), dtype=np.uint8)
-    for i, c in enumerate(classes):
+    # minutes the first time (then cached): a bar on a terminal, nothing in logs and tests
+    bar = tqdm(classes, desc=f"rendering {len(classes)} objects x {poses} poses (cached in {cache_dir()})", unit="object", leave=False, disable=None)
+    for i, c in enumerate(bar):
         identity = object_identity(c, seed)
         for p in range(poses):
             images[i * poses + p] = render(identity, *pose_angles(p, azimuths, elevations), size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,3 +110,13 @@ class Toy2DStream:
         while True:
             yield self.batch(step)
             step += 1
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """Nothing to keep: batch k is drawn afresh from (seed, k)."""
+        return {"kind": "generated", "name": self.name, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any] | None, step: int, resuming: bool = True) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"generated": self.name, "input_shape": list(self.input_shape), "limit": self.limit}

@@ -3,7 +3,8 @@
 paper's numbers, beside them.
 
 :data:`EXPERIMENTS` is the one registry: the command line's choices, flags and defaults come from it,
-and ``reproduce(NAME, **kwargs)`` runs an experiment from Python::
+and ``reproduce(NAME, **kwargs)`` runs an experiment from Python (an experiment's module is imported
+when its function is first used, so listing the experiments needs no torch)::
 
     from softintrovae.experiments import reproduce
     reproduce("collapse", out="runs/collapse", seeds=1, iterations=10000)
@@ -14,10 +15,28 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Any
 
 from ..errors import UserError
-from . import ood, toy2d, translation
+
+
+class _OnUse:
+    """``MODULE.NAME`` of this package, imported on its first use: the command line lists the
+    experiments and their flags without loading the experiment modules (and torch)."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def resolve(self) -> Callable[..., Any]:
+        return getattr(import_module(f"{__name__}.{self.module}"), self.name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.resolve())
 
 
 @dataclass(frozen=True)
@@ -43,23 +62,25 @@ _COMPARED = ("--runs",)
 
 EXPERIMENTS = {
     "table2": Experiment(
-        toy2d.table2, "Table 2 and Figure 2", (*_TOY2D, "--datasets", "--methods"), ("table2.md", "table2.csv", "figure2.png"),
-        toy2d.plan, files_first=True,
+        _OnUse("toy2d", "table2"), "Table 2 and Figure 2", (*_TOY2D, "--datasets", "--methods"),
+        ("table2.md", "table2.csv", "figure2.png"), _OnUse("toy2d", "plan"), files_first=True,
     ),
     "stability": Experiment(
-        toy2d.stability, "Figure 3", (*_TOY2D, "--margins"), ("stability.md", "stability.csv", "stability.png"),
-        toy2d.plan, files_first=True,
+        _OnUse("toy2d", "stability"), "Figure 3", (*_TOY2D, "--margins"), ("stability.md", "stability.csv", "stability.png"),
+        _OnUse("toy2d", "plan"), files_first=True,
     ),
     "collapse": Experiment(
-        toy2d.collapse, "Figure 21", _TOY2D, ("collapse.md", "collapse.csv", "collapse.png"), toy2d.plan, files_first=True,
+        _OnUse("toy2d", "collapse"), "Figure 21", _TOY2D, ("collapse.md", "collapse.csv", "collapse.png"), _OnUse("toy2d", "plan"),
+        files_first=True,
     ),
     "ood": Experiment(
-        ood.reproduce_ood, "Table 7", (*_COMPARED, "--samples", "--limit"),
-        ("ood.md", "ood.json", "vae/scores.png", "soft-introvae/scores.png"), ood.plan, files_first=False,
+        _OnUse("ood", "reproduce_ood"), "Table 7", (*_COMPARED, "--samples", "--limit", "--datasets", "--roots"),
+        ("ood.md", "ood.json", "vae/scores.png", "soft-introvae/scores.png"), _OnUse("ood", "plan"), files_first=False,
     ),
     "translation": Experiment(
-        translation.reproduce_translation, "Table 4", _COMPARED,
-        ("translation.md", "translation.json", "vae_transfer.png", "soft-introvae_transfer.png"), translation.plan, files_first=False,
+        _OnUse("translation", "reproduce_translation"), "Table 4", _COMPARED,
+        ("translation.md", "translation.json", "vae_transfer.png", "soft-introvae_transfer.png"), _OnUse("translation", "plan"),
+        files_first=False,
     ),
 }  # fmt: skip
 

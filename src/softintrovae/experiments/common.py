@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..files import check_writable
 from ..rundir import RunDir, atomic_write_text
 from ..sweep import finished_metrics, train_or_resume
 
@@ -31,6 +32,7 @@ def compared_runs(out: Path, runs: Sequence[str] | None, preset: str, overrides:
     Soft-IntroVAE's), else OUT/vae and OUT/soft-introvae trained from ``preset``, resumed or reused."""
     if runs is not None and len(runs) != 2:
         raise UserError(f"--runs takes two run directories, the VAE's then the Soft-IntroVAE's; got {len(runs)}")
+    check_writable(out, "experiment directory", folder=True)
     if runs:
         return {method: Path(run) for method, run in zip(COMPARED_METHODS, runs)}
     for method in COMPARED_METHODS:

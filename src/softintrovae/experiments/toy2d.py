@@ -22,9 +22,11 @@ from ..config import load_config
 from ..methods import METHODS as METHOD_CLASSES
 from ..errors import UserError
 from ..evaluation import load_final_arrays
+from ..files import check_writable
 from ..plots import plot_collapse, plot_method_grid, plot_stability
 from ..rundir import RunDir, atomic_write_text
 from ..sweep import Job, aggregate, default_workers, run_jobs
+from ..yamlfiles import load_yaml
 from .common import finished_metrics, markdown_table, mean_std, train_log, write_csv, write_markdown
 
 DATASETS = ("8gaussians", "spiral", "checkerboard", "rings")
@@ -63,10 +65,11 @@ class Settings:
             raise UserError(f"--seeds must be >= 1, got {self.seeds}")
         if self.iterations < 1:
             raise UserError(f"--iterations must be >= 1, got {self.iterations}")
+        check_writable(self.out, "experiment directory", folder=True)
         spec = {"experiment": self.experiment, "iterations": self.iterations, "overrides": self.overrides}
         path = self.out / "reproduce.yaml"
         if path.exists():
-            held = yaml.safe_load(path.read_text()) or {}
+            held = load_yaml(path.read_text(), str(path)) or {}
             if held != spec:
                 raise UserError(
                     f"{str(self.out)!r} holds a {held.get('experiment')} reproduction with {held.get('iterations')} iterations "

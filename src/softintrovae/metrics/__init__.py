@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .toy2d import (
+    compare_histograms,
     deterministic_negative_elbo,
     grid_normalized_elbo,
     histogram_density,
@@ -14,6 +15,7 @@ from .toy2d import (
 )
 
 __all__ = [
+    "compare_histograms",
     "deterministic_negative_elbo",
     "grid_normalized_elbo",
     "histogram_density",

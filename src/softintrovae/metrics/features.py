@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..checkpoint import load_checkpoint, save_checkpoint
 
 FEATURE_NETS_ENV = "SOFTINTROVAE_FEATURE_NETS"
@@ -202,7 +202,7 @@ def load_feature_net(path: str | Path) -> SmallClassifier:
         model = SmallClassifier(**checkpoint["hparams"])
         model.load_state_dict(checkpoint["state_dict"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise UserError(f"feature net {str(path)!r} does not match its hyper-parameters ({reason[:120]})") from None
     if weights_sha256(model) != checkpoint.get("weights_sha256"):
         raise UserError(f"feature net {str(path)!r} is corrupt: its weights do not match their recorded hash")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from ..errors import UserError
+from ..errors import UserError, warn
 from ..files import atomic_write_bytes
 from .features import FeatureExtractor
 
@@ -107,7 +107,10 @@ def cached_real_features(
         ):
             return cached
     features = extract_features(real_images, extractor, batch_size)
-    atomic_write_bytes(path, lambda f: torch.save(features, f))
+    try:
+        atomic_write_bytes(path, lambda f: torch.save(features, f))
+    except OSError as exc:  # a read-only cache only costs the extraction next time
+        warn(f"could not cache the real-data features in {str(path)!r} ({exc.strerror or exc})")
     return features
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -20,12 +21,15 @@ class AdaIN(nn.Module):
 
     ``affine`` maps the style (B, style_dim) to [scale; shift] (B, 2·channels); a plain linear layer
     by default (the style-based architecture passes an equalized one). Its bias starts the scale at 1,
-    so a fresh layer is close to plain instance normalisation.
+    so a fresh layer is close to plain instance normalisation. ``torch_kernel`` normalises with
+    ``F.instance_norm`` (``nn.InstanceNorm2d``'s kernel): the same function, rounded differently, which
+    shows where a map is constant (its rounding error divided by √eps) — to match outputs of networks
+    built on ``nn.InstanceNorm2d``.
     """
 
-    def __init__(self, channels: int, style_dim: int, eps: float = 1e-5, affine: nn.Module | None = None):
+    def __init__(self, channels: int, style_dim: int, eps: float = 1e-5, affine: nn.Module | None = None, torch_kernel: bool = False):
         super().__init__()
-        self.channels, self.eps = channels, eps
+        self.channels, self.eps, self.torch_kernel = channels, eps, torch_kernel
         self.style = affine if affine is not None else nn.Linear(style_dim, 2 * channels)
         with torch.no_grad():
             self.style.bias[:channels] += 1.0
@@ -33,7 +37,8 @@ class AdaIN(nn.Module):
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
         """x (B, C, H, W), style (B, style_dim) → (B, C, H, W)."""
         scale, shift = self.style(style)[:, :, None, None].chunk(2, dim=1)
-        return scale * instance_statistics(x, self.eps)[0] + shift
+        normalised = F.instance_norm(x, eps=self.eps) if self.torch_kernel else instance_statistics(x, self.eps)[0]
+        return scale * normalised + shift
 
 
 __all__ = ["AdaIN", "instance_statistics"]

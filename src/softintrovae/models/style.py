@@ -24,6 +24,22 @@ output is upsampled (nearest) to the full image size, so evaluation, pictures an
 images of the dataset's shape at any level; the encoder average-pools larger inputs down to its
 level. Prior samples drawn by the decoder in training (:meth:`StyleDecoder.prior`) mix the styles
 of two latents with probability ``style_mixing``.
+
+``model.style_variant: official`` computes what the official style trainer's networks compute
+(ALAE's ``GeneratorDefault`` / ``EncoderDefault`` with ``MappingFromLatent`` / ``MappingToLatent``),
+so that its checkpoints import exactly (:mod:`softintrovae.official_style`); the same parameters,
+arranged differently:
+
+- decoder blocks add their bias after the blur and the noise, not in the convolution before them;
+- in eval mode the decoder adds ALAE's deterministic stand-in for the noise, not nothing
+  (:func:`alae_noise_free`);
+- both mapping networks end with a LeakyReLU (so μ and log σ² pass through one);
+- the encoder applies LeakyReLU twice after from-RGB; its Instance Norm uses eps 1e-5 and its style
+  statistics σ without eps; its 4×4 block is a convolution and pooling like the others (to 2×2),
+  not a dense layer.
+
+The official networks see images in [−1, 1], ours in [0, 1]: the importer folds that affine map
+into the from-RGB and to-RGB weights, so the variant needs no conversion of its own.
 """
 
 from __future__ import annotations
@@ -61,7 +77,8 @@ class EqualLinear(nn.Module):
 
 
 class EqualConv2d(nn.Module):
-    """A k×k convolution (same padding) with an equalized learning rate."""
+    """A k×k convolution (same padding) with an equalized learning rate; ``with_bias=False`` leaves the
+    bias for the caller to add later (the official variant adds it after blur and noise)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, gain: float = GAIN):
         super().__init__()
@@ -70,8 +87,8 @@ class EqualConv2d(nn.Module):
         self.weight_scale = gain / math.sqrt(in_channels * kernel_size * kernel_size)
         self.padding = kernel_size // 2
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.weight * self.weight_scale, self.bias, padding=self.padding)
+    def forward(self, x: Tensor, with_bias: bool = True) -> Tensor:
+        return F.conv2d(x, self.weight * self.weight_scale, self.bias if with_bias else None, padding=self.padding)
 
 
 class Blur(nn.Module):
@@ -88,16 +105,25 @@ class Blur(nn.Module):
         return F.conv2d(x, self.kernel.expand(channels, 1, 3, 3).to(x.dtype), padding=1, groups=channels)
 
 
-class NoiseInjection(nn.Module):
-    """Adds per-pixel N(0, 1) noise scaled by a learned per-channel weight (zero at start); none in eval mode."""
+def alae_noise_free(x: Tensor, layer: int) -> Tensor:
+    """What ALAE's decoder block ``layer`` adds in place of noise when asked for none:
+    x + 0.8·s·exp(−x²/2s²)/√(2π), s = √(layer + 1) (independent of the learned noise weights)."""
+    s = math.sqrt(layer + 1)
+    return x + s * torch.exp(-x * x / (2.0 * s * s)) / math.sqrt(2 * math.pi) * 0.8
 
-    def __init__(self, channels: int):
+
+class NoiseInjection(nn.Module):
+    """Adds per-pixel N(0, 1) noise scaled by a learned per-channel weight (zero at start). In eval mode
+    it adds none, or, with ``noise_free_layer`` (the official variant), :func:`alae_noise_free`."""
+
+    def __init__(self, channels: int, noise_free_layer: int | None = None):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(channels))
+        self.noise_free_layer = noise_free_layer
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return x
+            return x if self.noise_free_layer is None else alae_noise_free(x, self.noise_free_layer)
         noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
         return x + self.weight.view(1, -1, 1, 1) * noise
 
@@ -105,18 +131,21 @@ class NoiseInjection(nn.Module):
 EPS = 1e-8  # instance normalisation's, as StyleGAN
 
 
-def _style_adain(channels: int, w_dim: int) -> AdaIN:
-    """AdaIN with an equalized affine map of w."""
-    return AdaIN(channels, w_dim, eps=EPS, affine=EqualLinear(w_dim, 2 * channels, gain=1.0))
+def _style_adain(channels: int, w_dim: int, official: bool = False) -> AdaIN:
+    """AdaIN with an equalized affine map of w (normalising as ``nn.InstanceNorm2d`` in the official variant)."""
+    return AdaIN(channels, w_dim, eps=EPS, affine=EqualLinear(w_dim, 2 * channels, gain=1.0), torch_kernel=official)
 
 
-def mapping_network(in_dim: int, hidden: int, out_dim: int, layers: int, lr_mul: float = 1.0) -> nn.Sequential:
-    """``layers`` equalized fully-connected layers with LeakyReLU between them (none after the last)."""
+def mapping_network(
+    in_dim: int, hidden: int, out_dim: int, layers: int, lr_mul: float = 1.0, final_activation: bool = False
+) -> nn.Sequential:
+    """``layers`` equalized fully-connected layers with LeakyReLU between them (and after the last with
+    ``final_activation``, as ALAE's mappings)."""
     modules: list[nn.Module] = []
     for i in range(layers):
         last = i == layers - 1
         modules.append(EqualLinear(in_dim if i == 0 else hidden, out_dim if last else hidden, gain=1.0 if last else GAIN, lr_mul=lr_mul))
-        if not last:
+        if not last or final_activation:
             modules.append(nn.LeakyReLU(LEAKY))
     return nn.Sequential(*modules)
 
@@ -161,22 +190,26 @@ class Progressive(nn.Module):
 
 class DecoderBlock(nn.Module):
     """One level of the synthesis network: (upsample, conv) or the 4×4 constant, then noise, LeakyReLU,
-    AdaIN; conv, noise, LeakyReLU, AdaIN. Takes two styles."""
+    AdaIN; conv, noise, LeakyReLU, AdaIN. Takes two styles. ``official``: the bias after blur and
+    noise, and ALAE's noise-free stand-in in eval mode (``layer``: the block's level)."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, first: bool, blur: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, first: bool, blur: bool = True, official: bool = False, layer: int = 0):
         super().__init__()
-        self.first = first
+        self.first, self.official = first, official
+        noise_free = layer if official else None
         if first:
             self.const = nn.Parameter(torch.ones(1, out_channels, 4, 4))
             self.bias = nn.Parameter(torch.zeros(out_channels))
         else:
             self.conv1 = EqualConv2d(in_channels, out_channels, 3)
             self.blur = Blur() if blur else nn.Identity()
-        self.noise1, self.adain1 = NoiseInjection(out_channels), _style_adain(out_channels, w_dim)
+        self.noise1, self.adain1 = NoiseInjection(out_channels, noise_free), _style_adain(out_channels, w_dim, official)
         self.conv2 = EqualConv2d(out_channels, out_channels, 3)
-        self.noise2, self.adain2 = NoiseInjection(out_channels), _style_adain(out_channels, w_dim)
+        self.noise2, self.adain2 = NoiseInjection(out_channels, noise_free), _style_adain(out_channels, w_dim, official)
 
     def forward(self, x: Tensor | None, w1: Tensor, w2: Tensor) -> Tensor:
+        if self.official:
+            return self._forward_official(x, w1, w2)
         if self.first:
             x = self.const.expand(w1.shape[0], -1, -1, -1) + self.bias.view(1, -1, 1, 1)
         else:
@@ -185,21 +218,39 @@ class DecoderBlock(nn.Module):
         x = self.adain2(act(self.noise2(self.conv2(x))), w2)
         return x
 
+    def _forward_official(self, x: Tensor | None, w1: Tensor, w2: Tensor) -> Tensor:
+        if self.first:
+            x, bias1 = self.const.expand(w1.shape[0], -1, -1, -1), self.bias
+        else:
+            x, bias1 = self.blur(self.conv1(F.interpolate(x, scale_factor=2, mode="nearest"), with_bias=False)), self.conv1.bias
+        x = self.adain1(act(self.noise1(x) + bias1.view(1, -1, 1, 1)), w1)
+        x = self.adain2(act(self.noise2(self.conv2(x, with_bias=False)) + self.conv2.bias.view(1, -1, 1, 1)), w2)
+        return x
+
 
 class StyleDecoder(Progressive, Decoder):
     """z (B, z_dim) → images (B, C, 4·2^level, 4·2^level) in training; full size in eval mode."""
 
     def __init__(
-        self, z_dim: int, channels: list[int], image_channels: int, mapping_layers: int = 8, style_mixing: float = 0.9, blur: bool = True
+        self,
+        z_dim: int,
+        channels: list[int],
+        image_channels: int,
+        mapping_layers: int = 8,
+        style_mixing: float = 0.9,
+        blur: bool = True,
+        variant: str = "default",
     ):
         super().__init__(z_dim)
         self.init_levels(channels)
         self.image_channels, self.style_mixing = image_channels, style_mixing
         self.image_size = self.resolution(self.levels - 1)
+        official = variant == "official"
         # z -> w: 8 layers in the paper, a 0.1 learning-rate multiplier as in ALAE's mapping
-        self.mapping = mapping_network(z_dim, z_dim, z_dim, mapping_layers, lr_mul=0.1)
+        self.mapping = mapping_network(z_dim, z_dim, z_dim, mapping_layers, lr_mul=0.1, final_activation=official)
         self.blocks = nn.ModuleList(
-            DecoderBlock(channels[max(i - 1, 0)], channels[i], z_dim, first=i == 0, blur=blur) for i in range(self.levels)
+            DecoderBlock(channels[max(i - 1, 0)], channels[i], z_dim, first=i == 0, blur=blur, official=official, layer=i)
+            for i in range(self.levels)
         )
         self.to_rgb = nn.ModuleList(EqualConv2d(c, image_channels, 1, gain=1.0) for c in channels)
 
@@ -263,16 +314,30 @@ class StyleDecoder(Progressive, Decoder):
         return outs
 
 
+def official_statistics(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`instance_statistics` as ALAE's encoder takes them: normalised by ``nn.InstanceNorm2d``'s
+    kernel (eps 1e-5), the standard deviations (B, C) without eps, computed in two passes as there."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+    return F.instance_norm(x, eps=1e-5), mean.flatten(1), std.flatten(1)
+
+
+def _statistics(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return instance_statistics(x, EPS)
+
+
 class EncoderBlock(nn.Module):
     """One level of the encoder (mirror of :class:`DecoderBlock`): conv, LeakyReLU, IN (style);
-    then blur, conv and 2× average pooling, LeakyReLU, IN (style) — or, at 4×4, a dense layer."""
+    then blur, conv and 2× average pooling, LeakyReLU, IN (style) — or, at 4×4, a dense layer
+    (``official``: pooling to 2×2 there too, and :func:`official_statistics`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, w_dim: int, last: bool, blur: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, last: bool, blur: bool = True, official: bool = False):
         super().__init__()
-        self.last = last
+        self.last = last and not official
+        self.statistics = official_statistics if official else _statistics
         self.conv1 = EqualConv2d(in_channels, in_channels, 3)
         self.style1 = EqualLinear(2 * in_channels, w_dim, gain=1.0)
-        if last:
+        if self.last:
             self.dense = EqualLinear(in_channels * 16, out_channels)
             self.style2 = EqualLinear(out_channels, w_dim, gain=1.0)
         else:
@@ -282,28 +347,37 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(the features passed down, this block's contribution C_i[μ; σ] to w)."""
-        x, mean, std = instance_statistics(act(self.conv1(x)), EPS)
+        x, mean, std = self.statistics(act(self.conv1(x)))
         style = self.style1(torch.cat([mean, std], dim=1))
         if self.last:
             x = act(self.dense(x.flatten(1)))
             return x, style + self.style2(x)
-        x, mean, std = instance_statistics(act(F.avg_pool2d(self.conv2(self.blur(x)), 2)), EPS)
+        x, mean, std = self.statistics(act(F.avg_pool2d(self.conv2(self.blur(x)), 2)))
         return x, style + self.style2(torch.cat([mean, std], dim=1))
 
 
 class StyleEncoder(Progressive, Encoder):
     """Images (B, C, H, W) → (μ, log σ²) of z, each (B, z_dim); inputs larger than the level are average-pooled."""
 
-    def __init__(self, z_dim: int, channels: list[int], image_channels: int, mapping_layers: int = 3, blur: bool = True):
+    def __init__(
+        self, z_dim: int, channels: list[int], image_channels: int, mapping_layers: int = 3, blur: bool = True, variant: str = "default"
+    ):
         super().__init__(z_dim)
         self.init_levels(channels)
         self.image_channels = image_channels
         self.image_size = self.resolution(self.levels - 1)
+        self.official = variant == "official"
         self.from_rgb = nn.ModuleList(EqualConv2d(image_channels, c, 1) for c in channels)
         self.blocks = nn.ModuleList(
-            EncoderBlock(channels[i], channels[max(i - 1, 0)], z_dim, last=i == 0, blur=blur) for i in range(self.levels)
+            EncoderBlock(channels[i], channels[max(i - 1, 0)], z_dim, last=i == 0, blur=blur, official=self.official)
+            for i in range(self.levels)
         )
-        self.to_latent = mapping_network(z_dim, z_dim, 2 * z_dim, mapping_layers)
+        self.to_latent = mapping_network(z_dim, z_dim, 2 * z_dim, mapping_layers, final_activation=self.official)
+
+    def features(self, x: Tensor, level: int) -> Tensor:
+        """from-RGB of ``level`` and its LeakyReLU (twice in the official variant, as ALAE)."""
+        h = act(self.from_rgb[level](x))
+        return act(h) if self.official else h
 
     def styles(self, x: Tensor) -> Tensor:
         """The style w (B, w_dim) of images at (or above) the current level's resolution."""
@@ -313,10 +387,9 @@ class StyleEncoder(Progressive, Encoder):
             if x.shape[-1] < size or x.shape[-1] % size:
                 raise UserError(f"the encoder at level {level} takes {size}x{size} images or a multiple, got {tuple(x.shape[1:])}")
             x = F.adaptive_avg_pool2d(x, size)
-        h = act(self.from_rgb[level](x))
-        h, w = self.blocks[level](h)
+        h, w = self.blocks[level](self.features(x, level))
         if self.blending():
-            lower = act(self.from_rgb[level - 1](F.avg_pool2d(x, 2)))
+            lower = self.features(F.avg_pool2d(x, 2), level - 1)
             h, w = lower + alpha * (h - lower), w * alpha
         for i in range(level - 1, -1, -1):
             h, style = self.blocks[i](h)
@@ -341,8 +414,11 @@ def build_style(model_config, input_shape: tuple[int, ...], num_classes: int = 0
             f"model.arch style with {levels} levels (model.channels {model_config.channels}) grows 4x4 to {size}x{size}, "
             f"but the images are {height}x{width}: give one width per level from 4x4 up (or set data.pad_to)"
         )
-    encoder = StyleEncoder(model_config.z_dim, model_config.channels, channels_in, blur=model_config.blur)
+    variant = model_config.style_variant
+    if variant == "official" and not model_config.blur:
+        raise UserError("model.style_variant official blurs next to every resampling, as the official networks: set model.blur=true")
+    encoder = StyleEncoder(model_config.z_dim, model_config.channels, channels_in, blur=model_config.blur, variant=variant)
     decoder = StyleDecoder(
-        model_config.z_dim, model_config.channels, channels_in, model_config.mapping_layers, model_config.style_mixing, model_config.blur
+        model_config.z_dim, model_config.channels, channels_in, model_config.mapping_layers, model_config.style_mixing, model_config.blur, variant
     )
     return encoder, decoder
