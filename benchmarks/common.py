@@ -15,8 +15,11 @@ from functools import partial
 
 import torch
 
+from softintrovae.allocator import keep_freed_memory
+
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
+clock = time.perf_counter  # what calls_per_second times by (setup: --clock)
 
 
 def add_arguments(parser: argparse.ArgumentParser, precisions: str = "fp32,bf16-mixed") -> None:
@@ -29,6 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser, precisions: str = "fp32,bf16-
         help=f"comma-separated, from {', '.join(PRECISIONS)}; those the device only emulates are skipped",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--allocator",
+        choices=("keep", "system"),
+        default="keep",
+        help="keep: malloc keeps freed memory, as CPU training does (train.keep_freed_memory); system: glibc's defaults",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: time by this process's CPU seconds (with --threads 1, the wall time an idle machine would show; "
+        "for a machine shared with other jobs)",
+    )
 
 
 def parse_precisions(parser: argparse.ArgumentParser, text: str) -> list[str]:
@@ -41,22 +57,30 @@ def parse_precisions(parser: argparse.ArgumentParser, text: str) -> list[str]:
 def setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[torch.device, list[str]]:
     """Apply --threads, check --device; returns the device and the precisions it runs natively
     (printing one line for each one skipped, and the machine line)."""
+    global clock
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.clock == "cpu":
+        if device.type != "cpu":
+            parser.error("--clock cpu times CPU work; on a GPU use the wall clock")
+        clock = time.process_time
+    kept = device.type == "cpu" and args.allocator == "keep" and keep_freed_memory()
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available on this machine")
-    kept = []
+    native = []
     for precision in parse_precisions(parser, args.precisions):
         reason = unsupported(precision, device)
         if reason:
             print(f"skipping {precision}: {reason}")
         else:
-            kept.append(precision)
-    if not kept:
+            native.append(precision)
+    if not native:
         parser.error("none of --precisions runs natively on this device")
-    print(f"torch {torch.__version__}, {machine(device)}")
-    return device, kept
+    memory = ", freed memory kept" if kept else ""
+    timing = ", timed by process CPU seconds" if args.clock == "cpu" else ""
+    print(f"torch {torch.__version__}, {machine(device)}{memory}{timing}")
+    return device, native
 
 
 def machine(device: torch.device) -> str:
@@ -106,12 +130,12 @@ def calls_per_second(fn: Callable[[], object], seconds: float, device: torch.dev
     """Calls of ``fn`` per second over at least ``seconds`` and ``at_least`` calls, after one warm-up call."""
     fn()
     sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < at_least:
+    count, start = 0, clock()
+    while clock() - start < seconds or count < at_least:
         fn()
         count += 1
     sync(device)
-    return count / (time.perf_counter() - start)
+    return count / (clock() - start)
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:

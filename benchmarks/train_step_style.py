@@ -20,12 +20,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import common
 from common import add_arguments, setup
 from softintrovae.config import load_config
 from softintrovae.trainer import Trainer
@@ -59,11 +59,11 @@ def measure(trainer: Trainer, level_index: int, steps: int, rounds: int) -> tupl
     timings = []
     for _ in range(rounds):
         sync(trainer.device)
-        started = time.perf_counter()
+        started = common.clock()
         for _ in range(steps):
             trainer.method.step(x, step)
         sync(trainer.device)
-        timings.append((time.perf_counter() - started) / steps)
+        timings.append((common.clock() - started) / steps)
     peak = torch.cuda.max_memory_allocated(trainer.device) / 2**30 if trainer.device.type == "cuda" else float("nan")
     return x.shape[0] / statistics.median(timings), peak
 

@@ -173,6 +173,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     progress: bool = True
     channels_last: bool = False  # image models: NHWC memory format (faster convolutions on many devices)
+    keep_freed_memory: bool = True  # CPU: malloc keeps freed memory for the next step (softintrovae.allocator)
     ema_half_life: int = 0  # > 0: keep an EMA copy of the decoder (half-life in training images) for evaluation
     # a NaN/inf loss or gradient: stop (keeping the last good checkpoint), or skip the batch's updates and go on
     on_nonfinite: str = "stop"

@@ -31,6 +31,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .callbacks import CallbackList
 from .checkpoint import TrainedModel, model_record
 from .config import Config, apply_overrides, check_steps_override, config_from_dict, load_config, parse_override
@@ -138,6 +139,8 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         self.process = process = current_process()
         self.device = device_for(process, resolve_device(config.train.device))
+        if self.device.type == "cpu" and config.train.keep_freed_memory:
+            keep_freed_memory()
         autocast = autocast_for(self.device, config.train.precision)
         init_process_group(process, self.device)
         torch.manual_seed(config.train.seed)
