@@ -4,6 +4,10 @@ Layout: ``SWEEP/<key=value,...>/seed<N>/`` per run, and ``results.csv`` / ``resu
 mean ± std of every final metric per configuration. Re-running the same sweep skips finished runs
 and resumes unfinished ones from their last checkpoint, so nothing is recomputed after a crash.
 
+Runs train in local worker processes (:class:`LocalBackend`, optionally one device per worker) or
+as Ray Tune trials on one machine or a cluster (:class:`softintrovae.sweep_ray.RayBackend`); both
+write the same run directories and tables, so either can finish a sweep the other began.
+
 A grid is either ``key=v1,v2,...`` (crossed with the other grids) or a named grid such as
 ``paper``: the search ranges of the paper's §9.2.1 for the preset's method, where β_neg's values
 depend on β_kl's (β_neg ∈ [β_kl, 5·β_kl]), so a grid is a list of configurations, not only a
@@ -18,12 +22,13 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import signal
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Union
 
 import yaml
 from tqdm import tqdm
@@ -37,6 +42,8 @@ from .yamlfiles import load_yaml
 
 Configuration = dict[str, Any]
 NOT_METRICS = ("step", "total_steps", "train_seconds")  # bookkeeping in metrics.json, not averaged
+STOPPED = "stopped"  # the outcome of a run early stopping ended (RUN/stopped.txt): kept, not failed, not trained further
+Outcome = Union[dict[str, float], None, str]  # final metrics, None (diverged) or STOPPED
 
 # Paper §9.2.1: β_rec, β_kl ∈ [0.05, 1]; β_neg ∈ [β_kl, 5·β_kl]; m ∈ [1, 10]. The paper gives the
 # ranges and the run counts (81 VAE runs = 9 × 9), not the grid points; these are ours.
@@ -119,26 +126,43 @@ def finished_metrics(path: str | Path) -> dict[str, float] | None:
     return metrics if metrics.get("step") == total else None
 
 
-def train_or_resume(source: str, overrides: dict[str, Any], path: str | Path, command: Sequence[str]) -> dict[str, float]:
+def stopped_early(path: str | Path) -> bool:
+    """Whether early stopping ended the run at ``path`` (and it was not trained to the end since)."""
+    return (Path(path) / "stopped.txt").exists() and finished_metrics(path) is None
+
+
+def train_or_resume(
+    source: str,
+    overrides: dict[str, Any],
+    path: str | Path,
+    command: Sequence[str],
+    device: str | None = None,
+    callbacks: list | None = None,
+) -> dict[str, float]:
     """Skip the run at ``path`` if it finished, resume it from its latest checkpoint if not, train it
-    from ``source`` and ``overrides`` if it does not exist yet; its final metrics (with ``step``).
+    from ``source`` and ``overrides`` if it does not exist yet; its final metrics (with ``step``),
+    or {} when a callback stopped it early.
 
     ``command`` goes into the run's command.txt, followed by ``(resumed)`` when the run is resumed.
+    ``device`` (``train.device``) is where it trains, new or resumed; ``callbacks`` watch the training.
     A diverged training leaves its reason in ``diverged.txt`` and raises :class:`TrainingDiverged`.
     """
     from .trainer import Trainer, train  # the trainer loads models and data: imported only to train
 
     run_dir = Path(path)
+    placed = {"train.device": device} if device else {}
     try:
         if (run_dir / "config.yaml").exists():
             done = finished_metrics(run_dir)
             if done is not None:
                 return done
-            trainer = Trainer.resume(run_dir)
+            trainer = Trainer.resume(run_dir, placed or None, callbacks=callbacks)
             trainer.run.record_command([*command, "(resumed)"])
             metrics = trainer.fit()
-            return {"step": trainer.step, **metrics}
-        result = train(source, out=run_dir, overrides=overrides, argv=list(command))
+            return {"step": trainer.step, **metrics} if trainer.stopped_at is None else {}
+        result = train(source, out=run_dir, overrides={**overrides, **placed}, argv=list(command), callbacks=callbacks)
+        if result.stopped_at is not None:
+            return {}
         return {"step": load_config(source, overrides).train.steps, **result.metrics}
     except TrainingDiverged as exc:
         (run_dir / "diverged.txt").write_text(str(exc) + "\n")
@@ -146,16 +170,50 @@ def train_or_resume(source: str, overrides: dict[str, Any], path: str | Path, co
 
 
 _stop_event = None  # in a worker: set by the parent once the sweep is interrupted
+_worker_device: str | None = None  # in a worker: the device its runs train on (--devices), or None
 
 
-def _worker_setup(stop) -> None:
-    """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores; an idle
-    worker ignores Ctrl-C and SIGTERM (the pool shuts it down), a working one stops as a command does;
-    ``stop``: the parent's event, set when the sweep is interrupted."""
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
+
+
+def parse_devices(text: str | Sequence[str]) -> list[str]:
+    """``"cuda:0,cuda:1"`` → ``["cuda:0", "cuda:1"]``; a name that is no device is one line."""
+    names = [d.strip() for d in text.split(",")] if isinstance(text, str) else [str(d).strip() for d in text]
+    for name in names:
+        if not DEVICE_PATTERN.fullmatch(name):
+            raise UserError(f"--devices: {name!r} is not a device; give a comma-separated list of cpu, cuda or cuda:N")
+    return names
+
+
+def check_devices(devices: Sequence[str]) -> None:
+    """Every CUDA device named exists on this machine (one line otherwise)."""
     import torch
 
-    global _stop_event
+    wanted = [d for d in devices if d.startswith("cuda")]
+    count = torch.cuda.device_count() if wanted else 0
+    for name in wanted:
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise UserError(f"--devices: {name!r} does not exist here: this machine has {count} CUDA device(s)")
+
+
+def worker_device(devices: Sequence[str] | None, worker: int) -> str | None:
+    """The device of the ``worker``-th worker process (0, 1, ...): round robin over ``devices``."""
+    return devices[worker % len(devices)] if devices else None
+
+
+def _worker_setup(stop, counter=None, devices: Sequence[str] | None = None) -> None:
+    """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores; an idle
+    worker ignores Ctrl-C and SIGTERM (the pool shuts it down), a working one stops as a command does;
+    ``stop``: the parent's event, set when the sweep is interrupted; ``counter`` numbers the workers
+    as they start, which picks each one's device from ``devices``."""
+    import torch
+
+    global _stop_event, _worker_device
     _stop_event = stop
+    if counter is not None:
+        with counter.get_lock():
+            _worker_device, counter.value = worker_device(devices, counter.value), counter.value + 1
     torch.set_num_threads(1)
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
@@ -165,7 +223,7 @@ def _job(source: str, overrides: dict[str, Any], path: Path, command: Sequence[s
     if _stop_event is not None and _stop_event.is_set():  # a job already queued when the sweep was interrupted
         raise TrainingInterrupted(f"{path}: not started, the sweep was interrupted")
     with interrupts_raise():
-        return train_or_resume(source, overrides, path, command)
+        return train_or_resume(source, overrides, path, command, device=_worker_device)
 
 
 STOP_GRACE_SECONDS = 10.0  # how long interrupted workers get to save a checkpoint before the signal is passed on
@@ -193,18 +251,35 @@ def default_workers(jobs: int) -> int:
     return max(1, min(jobs, os.cpu_count() or 1))
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict[str, float] | None]:
-    """Train every job in ``workers`` processes (one torch thread each); metrics per job, None if diverged."""
+def describe_outcome(outcome: Outcome) -> str:
+    """A run's outcome in a progress line: a few metrics, diverged or stopped early."""
+    if outcome is None:
+        return "diverged (see diverged.txt)"
+    if outcome == STOPPED:
+        return "stopped early (see stopped.txt)"
+    return ", ".join([f"{k} {v:.4g}" for k, v in outcome.items() if k not in NOT_METRICS][:3])
+
+
+def run_jobs(
+    jobs: Sequence[Job], workers: int, desc: str = "runs", devices: Sequence[str] | None = None
+) -> list[Outcome]:
+    """Train every job in ``workers`` processes (one torch thread each); metrics per job, None if
+    diverged, STOPPED if early stopping ended it in an earlier sweep (it is not trained further).
+    ``devices``: worker k trains on ``devices[k % len(devices)]`` (default: each run's ``train.device``)."""
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    results: list[dict[str, float] | None] = [None] * len(jobs)
+    results: list[Outcome] = [STOPPED if stopped_early(j.path) else None for j in jobs]
+    pending = [i for i, r in enumerate(results) if r != STOPPED]
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     pool = ProcessPoolExecutor(
-        max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_worker_setup, initargs=(stop,)
+        max_workers=min(workers, max(1, len(pending))),
+        mp_context=context,
+        initializer=_worker_setup,
+        initargs=(stop, context.Value("i", 0), list(devices) if devices else None),
     )
-    with pool, tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True) as progress:
-        futures = {pool.submit(_job, j.source, j.overrides, j.path, ["softintrovae", "(batch)", j.source]): i for i, j in enumerate(jobs)}
+    with pool, tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=desc, unit="run", dynamic_ncols=True) as progress:
+        futures = {pool.submit(_job, jobs[i].source, jobs[i].overrides, jobs[i].path, ["softintrovae", "(batch)", jobs[i].source]): i for i in pending}
         try:
             for future in as_completed(futures):
                 i = futures[future]
@@ -213,9 +288,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
                 except TrainingDiverged:
                     results[i] = None  # its reason is in the run's diverged.txt
                 progress.update(1)
-                shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k not in NOT_METRICS][:3]
-                outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
-                progress.write(f"{jobs[i].path}: {outcome}")
+                progress.write(f"{jobs[i].path}: {describe_outcome(results[i])}")
         except (KeyboardInterrupt, TrainingInterrupted):
             progress.write("interrupted: the runs in progress save a checkpoint and stop ...")
             _stop_workers(pool, list(futures), stop)
@@ -225,6 +298,33 @@ def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict
                 "run the same command again to continue"
             ) from None
     return results
+
+
+class Backend(Protocol):
+    """Where a sweep's runs train: :meth:`prepare` checks it can (before the sweep directory is
+    written), :meth:`run` trains the jobs and returns one outcome per job, in order."""
+
+    def prepare(self, out: Path, jobs: Sequence[Job]) -> None: ...
+
+    def run(self, jobs: Sequence[Job], out: Path, desc: str) -> list[Outcome]: ...
+
+
+@dataclass
+class LocalBackend:
+    """Worker processes on this machine, one torch thread each; ``devices`` round robin over workers."""
+
+    workers: int = 1
+    devices: list[str] | None = None
+
+    def prepare(self, out: Path, jobs: Sequence[Job]) -> None:
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.devices:
+            self.devices = parse_devices(self.devices)
+            check_devices(self.devices)
+
+    def run(self, jobs: Sequence[Job], out: Path, desc: str) -> list[Outcome]:
+        return run_jobs(jobs, self.workers, desc=desc, devices=self.devices)
 
 
 # ---- sweeps ----------------------------------------------------------------------------------
@@ -241,24 +341,24 @@ def plan(source: str, configurations: list[Configuration], seeds: int, base_over
     return jobs
 
 
-def aggregate(rows: list[tuple[dict[str, Any], dict[str, float] | None]]) -> list[dict[str, Any]]:
+def aggregate(rows: list[tuple[dict[str, Any], Outcome]]) -> list[dict[str, Any]]:
     """Mean and (sample) std of each metric per configuration, in first-seen order.
 
-    A ``None`` result (a diverged run) counts in ``diverged`` and not in the statistics.
+    A ``None`` result (a diverged run) counts in ``diverged``, a :data:`STOPPED` one in ``stopped``,
+    and neither in the statistics.
     """
-    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]], int]] = {}
-    for configuration, metrics in rows:
-        configuration_, results, diverged = groups.get(run_name(configuration), (configuration, [], 0))
-        if metrics is None:
-            diverged += 1
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]], dict[str, int]]] = {}
+    for configuration, outcome in rows:
+        configuration_, results, counts = groups.setdefault(run_name(configuration), (configuration, [], {}))
+        if outcome is None or outcome == STOPPED:
+            kind = "diverged" if outcome is None else "stopped"
+            counts[kind] = counts.get(kind, 0) + 1
         else:
-            results.append(metrics)
-        groups[run_name(configuration)] = (configuration_, results, diverged)
+            results.append(outcome)
     table = []
-    for configuration, results, diverged in groups.values():
+    for configuration, results, counts in groups.values():
         row: dict[str, Any] = {**configuration, "runs": len(results)}
-        if diverged:
-            row["diverged"] = diverged
+        row.update((kind, counts[kind]) for kind in ("diverged", "stopped") if kind in counts)
         for metric in [k for k in (results[0] if results else {}) if k not in NOT_METRICS]:
             values = [r[metric] for r in results]
             mean = sum(values) / len(values)
@@ -286,14 +386,15 @@ def best_per_metric(table: list[dict[str, Any]], keys: list[str]) -> dict[str, s
 
 def write_results(out: Path, table: list[dict[str, Any]], keys: list[str]) -> None:
     metrics = _metric_names(table)
-    fields = keys + ["runs", "diverged"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    counts = ["runs", "diverged", "stopped"]
+    fields = keys + counts + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows([{"diverged": 0, **row} for row in table])
-    lines = ["| " + " | ".join(keys + ["runs", "diverged"] + metrics) + " |", "|" + "---|" * (len(keys) + 2 + len(metrics))]
+        writer.writerows([{"diverged": 0, "stopped": 0, **row} for row in table])
+    lines = ["| " + " | ".join(keys + counts + metrics) + " |", "|" + "---|" * (len(keys) + len(counts) + len(metrics))]
     for row in table:
-        cells = [str(row.get(k, "")) for k in keys] + [str(row["runs"]), str(row.get("diverged", 0))]
+        cells = [str(row.get(k, "")) for k in keys] + [str(row.get(c, 0)) for c in counts]
         cells += [f"{row[f'{m}_mean']:.4g} ± {row[f'{m}_std']:.2g}" if f"{m}_mean" in row else "–" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Best (lowest mean) per metric:", ""]
@@ -308,28 +409,52 @@ def sweep(
     seeds: int = 1,
     workers: int = 1,
     overrides: dict[str, Any] | None = None,
+    devices: Sequence[str] | None = None,
+    backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or finish) a sweep into ``out``; returns the aggregated table.
 
-    ``grid`` is ``{key: [values]}`` (their Cartesian product) or a list of configurations.
+    ``grid`` is ``{key: [values]}`` (their Cartesian product) or a list of configurations. The runs
+    train in ``workers`` local processes (on ``devices``, round robin), or on ``backend`` when given
+    (e.g. :class:`softintrovae.sweep_ray.RayBackend`).
     """
     if seeds < 1 or workers < 1:
         raise UserError(f"--seeds and --workers must be >= 1, got {seeds} and {workers}")
     out = Path(out)
+    backend = backend or LocalBackend(workers, list(devices) if devices else None)
     configurations = as_configurations(grid)
     jobs = plan(source, configurations, seeds, overrides or {}, out)
     check_writable(out, "sweep directory", folder=True)
-    out.mkdir(parents=True, exist_ok=True)
     spec = {"source": source, "configurations": configurations, "seeds": seeds, "overrides": overrides or {}}
     spec_path = out / "sweep.yaml"
     if spec_path.exists() and load_yaml(spec_path.read_text(), str(spec_path)) != spec:
         raise UserError(f"{str(out)!r} holds a different sweep; use another --out")
+    backend.prepare(out, jobs)  # connects, checks devices: nothing is written before it can run
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
-    results = run_jobs(jobs, workers, desc=f"sweep {Path(source).stem}")
+    results = backend.run(jobs, out, f"sweep {Path(source).stem}")
     table = aggregate([(j.label, r) for j, r in zip(jobs, results)])
     keys = list(dict.fromkeys(k for c in configurations for k in c))
     write_results(out, table, keys)
     return table
 
 
-__all__ = ["Job", "aggregate", "best_per_metric", "expand_grid", "finished_metrics", "paper_grid", "parse_grid", "run_jobs", "sweep", "train_or_resume"]
+__all__ = [
+    "STOPPED",
+    "Backend",
+    "Job",
+    "LocalBackend",
+    "aggregate",
+    "best_per_metric",
+    "describe_outcome",
+    "expand_grid",
+    "finished_metrics",
+    "paper_grid",
+    "parse_devices",
+    "parse_grid",
+    "run_jobs",
+    "stopped_early",
+    "sweep",
+    "train_or_resume",
+    "worker_device",
+]
