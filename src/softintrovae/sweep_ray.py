@@ -143,9 +143,9 @@ class TrialRun(Callback):
         torch.set_num_threads(self.threads)
         job = self.job
         for record in replayed_evaluations(job.path):
-            metrics = {k: v for k, v in record.items() if k not in ("step", "kind")}
+            metrics = {k: v for k, v in record.items() if k not in ("step", "kind", "eval_seconds")}
             if self._hand_over(_intermediate(record["step"], metrics, self.metric)):
-                return {"outcome": "stopped"}
+                return {"outcome": "not trained"}  # the run directory says what it is
         if stopped_early(job.path):
             return {"outcome": "stopped"}
         try:
@@ -203,8 +203,8 @@ def _scheduler(tune, jobs: Sequence[Job], metric: str):
     class MarkingASHA(AsyncHyperBandScheduler):
         def on_trial_result(self, tune_controller, trial, result):
             decision = super().on_trial_result(tune_controller, trial, result)
-            if decision == TrialScheduler.STOP and "outcome" not in result:
-                path = jobs[trial.config["index"]].path
+            path = jobs[trial.config["index"]].path
+            if decision == TrialScheduler.STOP and "outcome" not in result and finished_metrics(path) is None:
                 atomic_write_text(
                     path / "stopped.txt",
                     f"stopped early at step {result['step']}: {metric} {result[metric]:.6g} was not in the best "
