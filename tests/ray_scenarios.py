@@ -1,13 +1,13 @@
 """The Ray sweep scenarios of test_sweep_ray.py, run in one process inside a private network
 namespace (Ray then listens on loopback only); each writes what it saw into ``OUT/report.json``.
 
-- ``killed``: a 2x2 grid on a local Ray instance, its driver killed (SIGKILL, with Ray's processes)
+- ``killed``: a 2x2 grid on a local Ray instance, its driver killed (SIGKILL, with all of Ray's processes)
   after one run finished and another saved a checkpoint, then run again; beside it the same sweep
   on the local backend;
 - ``cluster``: the same sweep on a simulated two-node cluster (a head and a worker node, each with
   one CPU), driven by the command line with ``--address``;
 - ``asha``: a good and a deliberately bad configuration one after the other with ``--early-stop``
-  on that cluster, then the same sweep again.
+  on that cluster.
 """
 
 from __future__ import annotations
@@ -38,11 +38,29 @@ def runs(out: Path) -> list[Path]:
     return sorted(out.glob("*/seed*"))
 
 
+def kill_all_but_me() -> None:
+    """SIGKILL every other process of this PID namespace (this script is its first), and reap them."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+
+
 def killed(out: Path, overrides: dict, report: dict) -> None:
     from softintrovae.sweep import sweep
 
     sweep_dir = out / "killed"
-    first = driver(sweep_dir, overrides, start_new_session=True)
+    first = driver(sweep_dir, overrides)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
         done = [r for r in runs(sweep_dir) if (r / "metrics.json").exists()]
@@ -50,12 +68,12 @@ def killed(out: Path, overrides: dict, report: dict) -> None:
         if done and started:
             break
         time.sleep(0.02)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray instance it started
-    first.wait()
+    kill_all_but_me()  # the driver and the Ray instance it started, trials included: as a crash would
     report["killed_finished"] = [str(r) for r in runs(sweep_dir) if (r / "metrics.json").exists()]
-    report["killed_started"] = [str(r) for r in runs(sweep_dir) if not (r / "metrics.json").exists()]
+    report["killed_started"] = [
+        str(r) for r in runs(sweep_dir) if not (r / "metrics.json").exists() and any((r / "checkpoints").glob("step_*.pt"))
+    ]
     report["killed_mtimes"] = {r: Path(r, "metrics.json").stat().st_mtime_ns for r in report["killed_finished"]}
-    time.sleep(1)  # the killed trials' processes are gone (their locks are taken over by pid)
     started = time.monotonic()
     again = driver(sweep_dir, overrides)
     report["rerun_output"] = again.communicate(timeout=300)[0]
@@ -100,8 +118,6 @@ def cluster_scenarios(out: Path, overrides: dict, asha_overrides: dict, report: 
         stopped = [r for r in runs(out / "asha") if (r / "stopped.txt").exists()]
         report["asha_stopped"] = {str(r): (r / "stopped.txt").read_text() for r in stopped}
         report["asha_checkpoints"] = {str(r): sorted(p.name for p in (r / "checkpoints").glob("step_*.pt")) for r in stopped}
-        report["asha_again"] = sweep(PRESET, grid, out / "asha", overrides=asha_overrides, backend=backend)
-        report["asha_checkpoints_again"] = {str(r): sorted(p.name for p in (r / "checkpoints").glob("step_*.pt")) for r in stopped}
         report["asha_csv"] = (out / "asha" / "results.csv").read_text()
         ray.shutdown()
     finally:
