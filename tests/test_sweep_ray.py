@@ -100,6 +100,7 @@ def test_local_workers_train_and_resume_on_their_device(tmp_path):
         (["--backend", "ray", "--devices", "cuda:0"], "--devices is for --backend local"),
         (["--backend", "ray", "--gpus-per-run", "-1"], "must be a finite number >= 0"),
         (["--backend", "ray", "--cpus-per-run", "0"], "must be a finite number > 0"),
+        (["--set", "train.eval_every=0", "--backend", "ray", "--early-stop", "kl"], "--early-stop needs evaluations during training: set train.eval_every"),
     ],
 )
 def test_flags_of_the_other_backend_are_one_line(tmp_path, capsys, flags, message):
