@@ -119,9 +119,31 @@ def cluster_scenarios(out: Path, overrides: dict, asha_overrides: dict, report: 
         report["asha_stopped"] = {str(r): (r / "stopped.txt").read_text() for r in stopped}
         report["asha_checkpoints"] = {str(r): sorted(p.name for p in (r / "checkpoints").glob("step_*.pt")) for r in stopped}
         report["asha_csv"] = (out / "asha" / "results.csv").read_text()
+        report["errors"] = one_line_errors(out, asha_overrides)
         ray.shutdown()
     finally:
         cluster.shutdown()
+
+
+def one_line_errors(out: Path, overrides: dict) -> dict[str, str]:
+    """What a trial's errors become on the driver: a node that does not see the sweep directory
+    (the driver's token is not the one there), a metric the evaluations do not have."""
+    from softintrovae import sweep_ray
+    from softintrovae.errors import UserError
+    from softintrovae.sweep import sweep
+
+    errors, overrides = {}, {**overrides, "train.steps": 8, "train.eval_every": 4, "method.vae_warmup_steps": 2}
+    original = sweep_ray.write_storage_marker
+    for name, backend in {"storage": sweep_ray.RayBackend(), "metric": sweep_ray.RayBackend(early_stop="fid")}.items():
+        if name == "storage":  # the trials get a token the directory they see does not hold
+            sweep_ray.write_storage_marker = lambda out_: original(out_) + "-elsewhere"
+        try:
+            sweep(PRESET, [{"method.beta_neg": 0.9}], out / f"error-{name}", overrides=overrides, backend=backend)
+        except UserError as exc:
+            errors[name] = str(exc)
+        finally:
+            sweep_ray.write_storage_marker = original
+    return errors
 
 
 def main(out: str, overrides: str, asha_overrides: str) -> None:

@@ -247,3 +247,10 @@ def test_asha_stops_the_bad_configuration_which_keeps_its_checkpoint(scenarios):
     assert good["runs"] == 1 and "stopped" not in good
     assert bad["runs"] == 0 and bad["stopped"] == 1 and "diverged" not in bad  # stopped, not failed
     assert scenarios["asha_csv"].splitlines()[2].startswith("1e-12,0,0,1,")
+
+
+@pytest.mark.slow
+def test_a_trials_user_error_is_the_sweeps_one_line(scenarios):
+    errors = scenarios["errors"]
+    assert re.fullmatch(r"the sweep directory '.*error-storage' is not shared with Ray node \S+: put it on storage .*", errors["storage"])
+    assert errors["metric"].startswith("--early-stop 'fid' is not among the metrics of an evaluation (kl, jsd_official")

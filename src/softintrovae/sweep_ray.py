@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import queue
+import re
 import socket
 import threading
 import uuid
@@ -239,6 +240,22 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+def _user_error(error: BaseException) -> str | None:
+    """The message of the :class:`UserError` behind a trial's error, however Ray wrapped it (the
+    error of a task, of an actor's creation, or only its traceback's text)."""
+    seen: Any = error
+    while seen is not None:
+        inner = getattr(seen, "cause", None)  # a task's error subclasses its cause's class, with the traceback as text
+        if isinstance(inner, BaseException) and inner is not seen:
+            seen = inner
+        elif isinstance(seen, UserError):
+            return str(seen)
+        else:
+            seen = seen.__cause__
+    found = re.findall(r"UserError: (.+)", str(error))
+    return found[-1].strip() if found else None
+
+
 def outcome_of(path: Path) -> Outcome | bool:
     """What a run directory says of its run: metrics, STOPPED, None (diverged) or False (not done)."""
     metrics = finished_metrics(path)
@@ -324,14 +341,12 @@ class RayBackend:
                 checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
             ),
         )
-        grid = tuner.fit()
-        for result in grid:
+        for result in tuner.fit():
             if result.error is not None:
-                cause = getattr(result.error, "cause", None) or result.error
-                if isinstance(cause, UserError):
-                    raise UserError(str(cause)) from None
-                path = jobs[result.config["index"]].path
-                raise RuntimeError(f"run {path} failed on Ray: {result.error}")
+                message = _user_error(result.error)
+                if message is not None:
+                    raise UserError(message)
+                raise RuntimeError(f"a run failed on Ray ({result.path}): {result.error}")
         outcomes = [outcome_of(j.path) for j in jobs]
         missing = sum(o is False for o in outcomes)
         if missing:
