@@ -25,12 +25,12 @@ import pytest
 import torch
 
 import softintrovae
-from softintrovae import sweep as sweep_module
+from softintrovae import sweep_local
 from softintrovae.cli import main
 from softintrovae.errors import UserError
 from softintrovae.sweep import check_devices, parse_devices, sweep, worker_device
-from softintrovae.sweep_ray import TrialRun, check_shared_storage, write_storage_marker
 from softintrovae.sweep import Job
+from softintrovae.sweep_ray import TrialRun, check_shared_storage, write_storage_marker
 
 from .conftest import TINY
 
@@ -62,10 +62,10 @@ def test_each_worker_takes_the_next_device_as_it_starts():
     try:
         seen = []
         for _ in range(3):
-            sweep_module._worker_setup(None, counter, ["cuda:0", "cuda:1"])
-            seen.append(sweep_module._worker_device)
+            sweep_local._worker_setup(None, counter, ["cuda:0", "cuda:1"])
+            seen.append(sweep_local._worker_device)
     finally:
-        sweep_module._worker_device = None
+        sweep_local._worker_device = None
         torch.set_num_threads(threads)
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -26,7 +26,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from .config import load_config
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .files import atomic_write_text
 from .rundir import RunDir
-from .sweep import STOPPED, Job, Outcome, describe_outcome, finished_metrics, stopped_early, train_or_resume
+from .sweep_local import STOPPED, Job, Outcome, describe_outcome, finished_metrics, stopped_early, train_or_resume
 
 STORAGE_MARKER = ".shared-storage-check"  # in the sweep directory: the driver's token, read by every trial
 ASHA_REDUCTION_FACTOR = 4  # Tune's default: a run continues past a rung when in the best quarter so far
@@ -280,6 +280,7 @@ class RayBackend:
     gpus_per_run: float = 0.0
     early_stop: str | None = None
     max_concurrent: int | None = None
+    _started: bool = field(default=False, init=False, repr=False)  # whether this sweep started Ray (and stops it)
 
     def prepare(self, out: Path, jobs: Sequence[Job]) -> None:
         if self.early_stop:
@@ -287,7 +288,6 @@ class RayBackend:
                 raise UserError("--early-stop needs evaluations during training: set train.eval_every (e.g. --set train.eval_every=1000)")
         ray, _ = import_ray()
         if ray.is_initialized():  # a caller's own Ray session: used as it is
-            self._started = False
             return
         if self.address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
@@ -295,7 +295,7 @@ class RayBackend:
             _check_reachable(self.address)
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # whatever Ray says when it cannot join: one line
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise UserError(f"--address {self.address}: could not join a Ray cluster there ({first})") from None
         self._started = True
@@ -305,8 +305,9 @@ class RayBackend:
         try:
             return self._run(tune, jobs, out.resolve())
         finally:
-            if getattr(self, "_started", False):
+            if self._started:
                 ray.shutdown()
+                self._started = False
 
     def _run(self, tune, jobs: Sequence[Job], out: Path) -> list[Outcome]:
         from ray.tune import Callback as TuneCallback
