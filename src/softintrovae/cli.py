@@ -405,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["local", "ray"], default="local", help="local worker processes, or Ray Tune trials (pip install 'softintrovae[ray]')")
     p.add_argument("--devices", metavar="D1,D2,...", help="local: devices given to the workers round robin, e.g. cuda:0,cuda:1")
     p.add_argument("--address", help="ray: the address of a running Ray cluster (ray start --head); default: start Ray on this machine")
-    p.add_argument("--cpus-per-run", type=_positive_float(), help="ray: CPUs each run reserves, and its torch threads (default 1)")
-    p.add_argument("--gpus-per-run", type=_positive_float(allow_zero=True), help="ray: GPUs each run reserves, a fraction shares one (default 0)")
+    p.add_argument("--cpus-per-run", type=_positive_float(), metavar="N", help="ray: CPUs each run reserves, and its torch threads (default 1)")
+    p.add_argument("--gpus-per-run", type=_positive_float(allow_zero=True), metavar="F", help="ray: GPUs each run reserves, a fraction shares one (default 0)")
     p.add_argument("--early-stop", metavar="METRIC", help="ray: stop runs whose METRIC (lower is better) lags at an evaluation (Tune's ASHA); needs train.eval_every")
     p.set_defaults(func=cmd_sweep)
 
