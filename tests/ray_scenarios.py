@@ -60,7 +60,7 @@ def killed(out: Path, overrides: dict, report: dict) -> None:
     from softintrovae.sweep import sweep
 
     sweep_dir = out / "killed"
-    first = driver(sweep_dir, overrides)
+    first = driver(sweep_dir, overrides, "--workers", "2")  # two runs at a time, however many CPUs
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
         done = [r for r in runs(sweep_dir) if (r / "metrics.json").exists()]
@@ -75,7 +75,7 @@ def killed(out: Path, overrides: dict, report: dict) -> None:
     ]
     report["killed_mtimes"] = {r: Path(r, "metrics.json").stat().st_mtime_ns for r in report["killed_finished"]}
     started = time.monotonic()
-    again = driver(sweep_dir, overrides)
+    again = driver(sweep_dir, overrides, "--workers", "2")
     report["rerun_output"] = again.communicate(timeout=300)[0]
     report["rerun_code"], report["rerun_seconds"] = again.returncode, time.monotonic() - started
     report["rerun_mtimes"] = {r: Path(r, "metrics.json").stat().st_mtime_ns for r in report["killed_finished"]}
