@@ -78,13 +78,13 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
     for row, row_again in zip(table, again):  # resuming reproduces the uninterrupted result
         assert row_again == pytest.approx(row)
     assert "Best (lowest mean) per metric" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,diverged,kl_mean")
+    assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,diverged,stopped,kl_mean")
 
 
 def test_a_diverged_training_leaves_its_reason_and_raises(tmp_path, monkeypatch):
     from softintrovae import trainer
 
-    def diverging_train(source, out, overrides, argv):
+    def diverging_train(source, out, overrides, argv, callbacks=None):
         out.mkdir()  # as a real training: the run directory exists before the first step
         raise TrainingDiverged("non-finite loss at step 3")
 

@@ -369,7 +369,7 @@ def test_reproduce_trains_with_the_overrides_and_records_them(tmp_path, monkeypa
 
     trained = []
 
-    def fake_train(preset, out, overrides, argv):
+    def fake_train(preset, out, overrides, argv, callbacks=None):
         trained.append((preset, out, overrides, argv))
         return trainer.RunResult(out, {})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -47,6 +48,21 @@ def _int_in(low: int, high: int = INT_MAX):
         return value
 
     return integer
+
+
+def _positive_float(allow_zero: bool = False):
+    """An argparse type: a finite number > 0 (>= 0 with ``allow_zero``)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {'>= 0' if allow_zero else '> 0'}")
+        return value
+
+    return number
 
 
 SEED = _int_in(0, SEED_MAX)
@@ -175,6 +191,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
+RAY_FLAGS = ("address", "cpus_per_run", "gpus_per_run", "early_stop")
+
+
+def _sweep_backend(args):
+    """The backend the flags ask for; a flag of the other backend is one line."""
+    from .sweep import LocalBackend, parse_devices
+
+    if args.backend == "local":
+        given = [f"--{name.replace('_', '-')}" for name in RAY_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} need --backend ray")
+        return LocalBackend(args.workers or 1, parse_devices(args.devices) if args.devices else None)
+    if args.devices:
+        raise UserError("--devices is for --backend local; with --backend ray give each run GPUs with --gpus-per-run")
+    from .sweep_ray import RayBackend
+
+    return RayBackend(
+        address=args.address,
+        cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run,
+        gpus_per_run=0.0 if args.gpus_per_run is None else args.gpus_per_run,
+        early_stop=args.early_stop,
+        max_concurrent=args.workers,
+    )
+
+
 def cmd_sweep(args) -> int:
     from .config import load_config
     from .sweep import expand_grid, sweep
@@ -182,9 +223,10 @@ def cmd_sweep(args) -> int:
 
     overrides = _overrides(args.set)
     grid = expand_grid(args.grid, load_config(args.config, overrides).method.name)
+    backend = _sweep_backend(args)
     out = args.out or default_run_dir(f"sweep-{Path(args.config).stem}")
-    print(f"sweep of {args.config}: {len(grid)} configurations x {args.seeds} seeds into {out} ...")
-    table = sweep(args.config, grid, out, seeds=args.seeds, workers=args.workers, overrides=overrides)
+    print(f"sweep of {args.config}: {len(grid)} configurations x {args.seeds} seeds into {out} ({args.backend}) ...")
+    table = sweep(args.config, grid, out, seeds=args.seeds, overrides=overrides, backend=backend)
     print(f"{len(table)} configurations; results: {Path(out) / 'results.md'}, {Path(out) / 'results.csv'}")
     return 0
 
@@ -356,8 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to sweep for one key, or a named grid: 'paper' (the paper's search ranges)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key for every run")
     p.add_argument("--seeds", type=COUNT, default=1, help="seeds per configuration (train.seed and data.seed)")
-    p.add_argument("--workers", type=COUNT, default=1, help="parallel worker processes, one torch thread each")
-    p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue")
+    p.add_argument("--workers", type=COUNT, help="local: parallel worker processes, one torch thread each (default 1); "
+                   "ray: at most this many runs at once (default: as many as the cluster's resources hold)")
+    p.add_argument("--out", help="sweep directory (default: runs/sweep-NAME-TIMESTAMP); reuse it to continue; "
+                   "with --backend ray on several machines it must be on storage every machine mounts at the same path")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="local worker processes, or Ray Tune trials (pip install 'softintrovae[ray]')")
+    p.add_argument("--devices", metavar="D1,D2,...", help="local: devices given to the workers round robin, e.g. cuda:0,cuda:1")
+    p.add_argument("--address", help="ray: the address of a running Ray cluster (ray start --head); default: start Ray on this machine")
+    p.add_argument("--cpus-per-run", type=_positive_float(), metavar="N", help="ray: CPUs each run reserves, and its torch threads (default 1)")
+    p.add_argument("--gpus-per-run", type=_positive_float(allow_zero=True), metavar="F", help="ray: GPUs each run reserves, a fraction shares one (default 0)")
+    p.add_argument("--early-stop", metavar="METRIC", help="ray: stop runs whose METRIC (lower is better) lags at an evaluation (Tune's ASHA); needs train.eval_every")
     p.set_defaults(func=cmd_sweep)
 
     studies = ", ".join(f"{name} ({experiment.paper})" for name, experiment in EXPERIMENTS.items())

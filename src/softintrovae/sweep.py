@@ -4,6 +4,10 @@ Layout: ``SWEEP/<key=value,...>/seed<N>/`` per run, and ``results.csv`` / ``resu
 mean ± std of every final metric per configuration. Re-running the same sweep skips finished runs
 and resumes unfinished ones from their last checkpoint, so nothing is recomputed after a crash.
 
+Runs train in local worker processes (:class:`softintrovae.sweep_local.LocalBackend`, optionally one
+device per worker) or as Ray Tune trials on one machine or a cluster (:class:`softintrovae.sweep_ray.RayBackend`); both
+write the same run directories and tables, so either can finish a sweep the other began.
+
 A grid is either ``key=v1,v2,...`` (crossed with the other grids) or a named grid such as
 ``paper``: the search ranges of the paper's §9.2.1 for the preset's method, where β_neg's values
 depend on β_kl's (β_neg ∈ [β_kl, 5·β_kl]), so a grid is a list of configurations, not only a
@@ -14,29 +18,36 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
-import multiprocessing
-import os
-import signal
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
-from tqdm import tqdm
 
 from .config import load_config, parse_override
-from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .errors import UserError
 from .files import check_writable
-from .interrupts import SIGNALS, interrupts_raise
-from .rundir import RunDir, atomic_write_text
+from .rundir import atomic_write_text
+from .sweep_local import (  # re-exported: the sweep's API
+    NOT_METRICS,
+    STOPPED,
+    Job,
+    LocalBackend,
+    Outcome,
+    check_devices,
+    default_workers,
+    describe_outcome,
+    finished_metrics,
+    parse_devices,
+    run_jobs,
+    stopped_early,
+    train_or_resume,
+    worker_device,
+)
 from .yamlfiles import load_yaml
 
 Configuration = dict[str, Any]
-NOT_METRICS = ("step", "total_steps", "train_seconds")  # bookkeeping in metrics.json, not averaged
 
 # Paper §9.2.1: β_rec, β_kl ∈ [0.05, 1]; β_neg ∈ [β_kl, 5·β_kl]; m ∈ [1, 10]. The paper gives the
 # ranges and the run counts (81 VAE runs = 9 × 9), not the grid points; these are ours.
@@ -94,137 +105,13 @@ def run_name(overrides: Configuration) -> str:
     return ",".join(f"{k}={v}" for k, v in overrides.items()) or "base"
 
 
-# ---- running many runs -----------------------------------------------------------------------
+class Backend(Protocol):
+    """Where a sweep's runs train: :meth:`prepare` checks it can (before the sweep directory is
+    written), :meth:`run` trains the jobs and returns one outcome per job, in order."""
 
+    def prepare(self, out: Path, jobs: Sequence[Job]) -> None: ...
 
-@dataclass
-class Job:
-    """One run: a preset or config, its overrides and its run directory."""
-
-    source: str
-    overrides: dict[str, Any]
-    path: Path
-    label: dict[str, Any] = field(default_factory=dict)
-
-
-def finished_metrics(path: str | Path) -> dict[str, float] | None:
-    """The final metrics of a run that trained all its steps (``train.steps``, or ``train.epochs``
-    of its data), else None."""
-    run_dir = Path(path)
-    final = run_dir / "metrics.json"
-    if not (run_dir / "config.yaml").exists() or not final.exists():
-        return None
-    metrics = json.loads(final.read_text())
-    total = metrics.get("total_steps") or RunDir.open(run_dir).load_config().train.steps  # older records lack total_steps
-    return metrics if metrics.get("step") == total else None
-
-
-def train_or_resume(source: str, overrides: dict[str, Any], path: str | Path, command: Sequence[str]) -> dict[str, float]:
-    """Skip the run at ``path`` if it finished, resume it from its latest checkpoint if not, train it
-    from ``source`` and ``overrides`` if it does not exist yet; its final metrics (with ``step``).
-
-    ``command`` goes into the run's command.txt, followed by ``(resumed)`` when the run is resumed.
-    A diverged training leaves its reason in ``diverged.txt`` and raises :class:`TrainingDiverged`.
-    """
-    from .trainer import Trainer, train  # the trainer loads models and data: imported only to train
-
-    run_dir = Path(path)
-    try:
-        if (run_dir / "config.yaml").exists():
-            done = finished_metrics(run_dir)
-            if done is not None:
-                return done
-            trainer = Trainer.resume(run_dir)
-            trainer.run.record_command([*command, "(resumed)"])
-            metrics = trainer.fit()
-            return {"step": trainer.step, **metrics}
-        result = train(source, out=run_dir, overrides=overrides, argv=list(command))
-        return {"step": load_config(source, overrides).train.steps, **result.metrics}
-    except TrainingDiverged as exc:
-        (run_dir / "diverged.txt").write_text(str(exc) + "\n")
-        raise
-
-
-_stop_event = None  # in a worker: set by the parent once the sweep is interrupted
-
-
-def _worker_setup(stop) -> None:
-    """Worker set-up: one torch thread per process, so that ``workers`` runs share the cores; an idle
-    worker ignores Ctrl-C and SIGTERM (the pool shuts it down), a working one stops as a command does;
-    ``stop``: the parent's event, set when the sweep is interrupted."""
-    import torch
-
-    global _stop_event
-    _stop_event = stop
-    torch.set_num_threads(1)
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-def _job(source: str, overrides: dict[str, Any], path: Path, command: Sequence[str]) -> dict[str, float]:
-    if _stop_event is not None and _stop_event.is_set():  # a job already queued when the sweep was interrupted
-        raise TrainingInterrupted(f"{path}: not started, the sweep was interrupted")
-    with interrupts_raise():
-        return train_or_resume(source, overrides, path, command)
-
-
-STOP_GRACE_SECONDS = 10.0  # how long interrupted workers get to save a checkpoint before the signal is passed on
-
-
-def _stop_workers(pool: ProcessPoolExecutor, futures: Sequence[Future], stop) -> None:
-    """After Ctrl-C or SIGTERM: no new run starts (``stop`` is set), and each run in progress stops
-    after saving a checkpoint.
-
-    A signal sent to the whole process group (Ctrl-C in a terminal, most schedulers) reached the
-    workers too; one sent to this process alone is passed on to them once they had time to stop.
-    """
-    stop.set()
-    for future in futures:
-        future.cancel()
-    _, running = wait([f for f in futures if not f.done()], timeout=STOP_GRACE_SECONDS)
-    if running:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-        wait(running)
-
-
-def default_workers(jobs: int) -> int:
-    return max(1, min(jobs, os.cpu_count() or 1))
-
-
-def run_jobs(jobs: Sequence[Job], workers: int, desc: str = "runs") -> list[dict[str, float] | None]:
-    """Train every job in ``workers`` processes (one torch thread each); metrics per job, None if diverged."""
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    results: list[dict[str, float] | None] = [None] * len(jobs)
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, max(1, len(jobs))), mp_context=context, initializer=_worker_setup, initargs=(stop,)
-    )
-    with pool, tqdm(total=len(jobs), desc=desc, unit="run", dynamic_ncols=True) as progress:
-        futures = {pool.submit(_job, j.source, j.overrides, j.path, ["softintrovae", "(batch)", j.source]): i for i, j in enumerate(jobs)}
-        try:
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    results[i] = future.result()
-                except TrainingDiverged:
-                    results[i] = None  # its reason is in the run's diverged.txt
-                progress.update(1)
-                shown = [f"{k} {v:.4g}" for k, v in (results[i] or {}).items() if k not in NOT_METRICS][:3]
-                outcome = ", ".join(shown) if results[i] is not None else "diverged (see diverged.txt)"
-                progress.write(f"{jobs[i].path}: {outcome}")
-        except (KeyboardInterrupt, TrainingInterrupted):
-            progress.write("interrupted: the runs in progress save a checkpoint and stop ...")
-            _stop_workers(pool, list(futures), stop)
-            ended = sum(f.done() and not f.cancelled() and not isinstance(f.exception(), (KeyboardInterrupt, TrainingInterrupted)) for f in futures)
-            raise TrainingInterrupted(
-                f"interrupted with {ended} of {len(jobs)} runs finished; the others keep their last checkpoint: "
-                "run the same command again to continue"
-            ) from None
-    return results
+    def run(self, jobs: Sequence[Job], out: Path, desc: str) -> list[Outcome]: ...
 
 
 # ---- sweeps ----------------------------------------------------------------------------------
@@ -241,24 +128,24 @@ def plan(source: str, configurations: list[Configuration], seeds: int, base_over
     return jobs
 
 
-def aggregate(rows: list[tuple[dict[str, Any], dict[str, float] | None]]) -> list[dict[str, Any]]:
+def aggregate(rows: list[tuple[dict[str, Any], Outcome]]) -> list[dict[str, Any]]:
     """Mean and (sample) std of each metric per configuration, in first-seen order.
 
-    A ``None`` result (a diverged run) counts in ``diverged`` and not in the statistics.
+    A ``None`` result (a diverged run) counts in ``diverged``, a :data:`STOPPED` one in ``stopped``,
+    and neither in the statistics.
     """
-    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]], int]] = {}
-    for configuration, metrics in rows:
-        configuration_, results, diverged = groups.get(run_name(configuration), (configuration, [], 0))
-        if metrics is None:
-            diverged += 1
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]], dict[str, int]]] = {}
+    for configuration, outcome in rows:
+        configuration_, results, counts = groups.setdefault(run_name(configuration), (configuration, [], {}))
+        if outcome is None or outcome == STOPPED:
+            kind = "diverged" if outcome is None else "stopped"
+            counts[kind] = counts.get(kind, 0) + 1
         else:
-            results.append(metrics)
-        groups[run_name(configuration)] = (configuration_, results, diverged)
+            results.append(outcome)
     table = []
-    for configuration, results, diverged in groups.values():
+    for configuration, results, counts in groups.values():
         row: dict[str, Any] = {**configuration, "runs": len(results)}
-        if diverged:
-            row["diverged"] = diverged
+        row.update((kind, counts[kind]) for kind in ("diverged", "stopped") if kind in counts)
         for metric in [k for k in (results[0] if results else {}) if k not in NOT_METRICS]:
             values = [r[metric] for r in results]
             mean = sum(values) / len(values)
@@ -286,14 +173,15 @@ def best_per_metric(table: list[dict[str, Any]], keys: list[str]) -> dict[str, s
 
 def write_results(out: Path, table: list[dict[str, Any]], keys: list[str]) -> None:
     metrics = _metric_names(table)
-    fields = keys + ["runs", "diverged"] + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
+    counts = ["runs", "diverged", "stopped"]
+    fields = keys + counts + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows([{"diverged": 0, **row} for row in table])
-    lines = ["| " + " | ".join(keys + ["runs", "diverged"] + metrics) + " |", "|" + "---|" * (len(keys) + 2 + len(metrics))]
+        writer.writerows([{"diverged": 0, "stopped": 0, **row} for row in table])
+    lines = ["| " + " | ".join(keys + counts + metrics) + " |", "|" + "---|" * (len(keys) + len(counts) + len(metrics))]
     for row in table:
-        cells = [str(row.get(k, "")) for k in keys] + [str(row["runs"]), str(row.get("diverged", 0))]
+        cells = [str(row.get(k, "")) for k in keys] + [str(row.get(c, 0)) for c in counts]
         cells += [f"{row[f'{m}_mean']:.4g} ± {row[f'{m}_std']:.2g}" if f"{m}_mean" in row else "–" for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Best (lowest mean) per metric:", ""]
@@ -308,28 +196,54 @@ def sweep(
     seeds: int = 1,
     workers: int = 1,
     overrides: dict[str, Any] | None = None,
+    devices: Sequence[str] | None = None,
+    backend: Backend | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or finish) a sweep into ``out``; returns the aggregated table.
 
-    ``grid`` is ``{key: [values]}`` (their Cartesian product) or a list of configurations.
+    ``grid`` is ``{key: [values]}`` (their Cartesian product) or a list of configurations. The runs
+    train in ``workers`` local processes (on ``devices``, round robin), or on ``backend`` when given
+    (e.g. :class:`softintrovae.sweep_ray.RayBackend`).
     """
     if seeds < 1 or workers < 1:
         raise UserError(f"--seeds and --workers must be >= 1, got {seeds} and {workers}")
     out = Path(out)
+    backend = backend or LocalBackend(workers, list(devices) if devices else None)
     configurations = as_configurations(grid)
     jobs = plan(source, configurations, seeds, overrides or {}, out)
     check_writable(out, "sweep directory", folder=True)
-    out.mkdir(parents=True, exist_ok=True)
     spec = {"source": source, "configurations": configurations, "seeds": seeds, "overrides": overrides or {}}
     spec_path = out / "sweep.yaml"
     if spec_path.exists() and load_yaml(spec_path.read_text(), str(spec_path)) != spec:
         raise UserError(f"{str(out)!r} holds a different sweep; use another --out")
+    backend.prepare(out, jobs)  # connects, checks devices: nothing is written before it can run
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec_path, yaml.safe_dump(spec, sort_keys=False))
-    results = run_jobs(jobs, workers, desc=f"sweep {Path(source).stem}")
+    results = backend.run(jobs, out, f"sweep {Path(source).stem}")
     table = aggregate([(j.label, r) for j, r in zip(jobs, results)])
     keys = list(dict.fromkeys(k for c in configurations for k in c))
     write_results(out, table, keys)
     return table
 
 
-__all__ = ["Job", "aggregate", "best_per_metric", "expand_grid", "finished_metrics", "paper_grid", "parse_grid", "run_jobs", "sweep", "train_or_resume"]
+__all__ = [
+    "STOPPED",
+    "Backend",
+    "check_devices",
+    "default_workers",
+    "Job",
+    "LocalBackend",
+    "aggregate",
+    "best_per_metric",
+    "describe_outcome",
+    "expand_grid",
+    "finished_metrics",
+    "paper_grid",
+    "parse_devices",
+    "parse_grid",
+    "run_jobs",
+    "stopped_early",
+    "sweep",
+    "train_or_resume",
+    "worker_device",
+]
