@@ -8,6 +8,7 @@ Whether bf16 is native is measured, not guessed: a small bf16 matmul against the
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -128,14 +129,21 @@ def sync(device: torch.device) -> None:
 
 def calls_per_second(fn: Callable[[], object], seconds: float, device: torch.device, at_least: int = 2) -> float:
     """Calls of ``fn`` per second over at least ``seconds`` and ``at_least`` calls, after one warm-up call."""
+    return timed_calls(fn, seconds, device, at_least)[0]
+
+
+def timed_calls(fn: Callable[[], object], seconds: float, device: torch.device, at_least: int = 2) -> tuple[float, float]:
+    """(calls per second, minor page faults per call) over at least ``seconds`` and ``at_least``
+    calls, after one warm-up call."""
     fn()
     sync(device)
-    count, start = 0, clock()
+    count, faults, start = 0, resource.getrusage(resource.RUSAGE_SELF).ru_minflt, clock()
     while clock() - start < seconds or count < at_least:
         fn()
         count += 1
     sync(device)
-    return count / (clock() - start)
+    elapsed = clock() - start
+    return count / elapsed, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / count
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:

@@ -24,8 +24,9 @@ import statistics
 from functools import partial
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from common import compiled, keep_working, add_arguments, autocast, calls_per_second, setup
+from common import compiled, keep_working, add_arguments, autocast, setup, timed_calls
 from softintrovae.config import MethodConfig
 from softintrovae.methods import SoftIntroVAE
 from softintrovae.models.resnet import ResidualDecoder, ResidualEncoder
@@ -70,6 +71,16 @@ def make_variants(arch: str, batch_size: int, device: torch.device, precisions=(
     return variants
 
 
+def flops_per_step(variants: dict) -> dict[str, float]:
+    """GFLOP of one call of the fp32 reference and the fp32 NCHW optimized step (torch.utils.flop_counter)."""
+    counted = {}
+    for name in ("reference fp32", "optimized fp32 NCHW"):
+        with FlopCounterMode(display=False) as counter:
+            variants[name]()
+        counted[name] = counter.get_total_flops() / 1e9
+    return counted
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="cifar10,mnist,fmnist-small", help=f"comma-separated, from {', '.join(ARCHS)}")
@@ -77,6 +88,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compile", default=None, help="also time the optimized step with torch.compile(mode=...) networks")
+    parser.add_argument("--flops", action="store_true", help="also count the FLOPs of one reference and one optimized fp32 step")
     add_arguments(parser, precisions="fp32")
     args = parser.parse_args()
     archs = [a for a in args.archs.split(",") if a]
@@ -95,15 +107,20 @@ def main() -> None:
             variants = make_variants(arch, batch_size, device, precisions, args.compile)
             keep_working(variants, [name for name in variants if name.startswith("compiled")])
             rates: dict[str, list[float]] = {name: [] for name in variants}
+            faults: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, fn in variants.items():
-                    rates[name].append(batch_size * calls_per_second(fn, args.seconds, device))
+                    calls, faulted = timed_calls(fn, args.seconds, device)
+                    rates[name].append(batch_size * calls)
+                    faults[name].append(faulted)
             base = statistics.median(rates["reference fp32"])
             print(f"\n{arch} architecture, batch {batch_size}, median of {args.rounds} rounds")
-            print(f"{'variant':<38}{'img/s':>9}{'vs reference':>14}")
+            print(f"{'variant':<38}{'img/s':>9}{'vs reference':>14}{'page faults/step':>18}")
             for name, values in rates.items():
                 rate = statistics.median(values)
-                print(f"{name:<38}{rate:>9.1f}{rate / base:>13.2f}x")
+                print(f"{name:<38}{rate:>9.1f}{rate / base:>13.2f}x{statistics.median(faults[name]):>18,.0f}")
+            if args.flops:
+                print(f"{'GFLOP per step':<38}" + "   ".join(f"{name} {gflop:.1f}" for name, gflop in flops_per_step(variants).items()))
             ratios = {name: statistics.median(v) / base for name, v in rates.items() if name != "reference fp32"}
             summary.append((arch, batch_size, ratios))
 
