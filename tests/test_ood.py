@@ -16,7 +16,7 @@ from softintrovae.likelihood import bits_per_dim, decoder_log_likelihood, score_
 from softintrovae.ood import auroc
 from softintrovae.trainer import train
 
-from .conftest import DEBIAN_FASHION_MNIST, MNIST, tiny_image
+from .conftest import DEBIAN_FASHION_MNIST, MNIST, tiny_image, write_mnist_files
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -170,6 +170,23 @@ def test_reproduce_ood_trains_both_models_then_reuses_them(tmp_path):
     again = reproduce_ood(out, preset="npz", overrides=overrides, samples=2, limit=20, progress=False)
     assert (out / "vae" / "metrics.json").stat().st_mtime_ns == before  # finished runs are reused, not retrained
     assert again["soft-introvae"]["auroc"] == first["soft-introvae"]["auroc"]  # seeded scoring
+
+
+def test_reproduce_ood_names_an_in_set_it_cannot_load_before_training_anything(tmp_path, monkeypatch, capsys):
+    """``--datasets fashion-mnist,mnist`` without ``--roots mnist=...`` (and no MNIST in its default
+    folder): one line naming MNIST and the flag, and no Fashion-MNIST run trained first."""
+    from softintrovae.data import images as image_data
+
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    write_mnist_files(fashion, "train", 8)
+    monkeypatch.setitem(image_data.MNIST_FAMILY_DEFAULT_ROOTS, "mnist", tmp_path / "nowhere")
+    out = tmp_path / "ood"
+    argv = ["reproduce", "ood", "--datasets", "fashion-mnist,mnist", "--roots", f"fashion-mnist={fashion}", "--out", str(out)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "in-distribution set mnist:" in error and "--roots mnist=ROOT" in error
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..checkpoint import TrainedModel, require_images
 from ..errors import UserError
+from ..config import DataConfig
+from ..data import load_images
 from ..ood import DatasetSpec, load_scored_images, run_ood
 from .common import COMPARED_METHODS, compared_plan, compared_runs, markdown_table, write_json, write_markdown
 
@@ -70,6 +72,18 @@ def available_out_sets(image_shape: tuple[int, ...], candidates: Sequence[str] =
     return found, skipped
 
 
+def check_in_sets(datasets: Sequence[str], roots: dict[str, str], default_root: str | None = None) -> None:
+    """Before anything trains: one line naming the first in-distribution set of ``datasets`` that does
+    not load here (its root from ``roots``, else ``default_root``, else the dataset's default folder)."""
+    for name in datasets:
+        DatasetSpec.parse(name)  # a known image dataset
+        root = roots.get(name, default_root)
+        try:
+            load_images(DataConfig(name=name, root=root), "train")
+        except UserError as exc:
+            raise UserError(f"in-distribution set {name}: {exc} (in reproduce ood: --roots {name}=ROOT)") from exc
+
+
 def reproduce_ood(
     out: str | Path = "runs/reproduce/ood",
     runs: Sequence[str] | None = None,
@@ -91,6 +105,7 @@ def reproduce_ood(
     if runs is not None:
         plans = {None: (compared_runs(out, runs, preset, {}, "ood"), out)}
     else:
+        check_in_sets(datasets or [], roots, (overrides or {}).get("data.root"))
         plans = {}
         for in_set in datasets or [None]:
             where = out if in_set is None else out / in_set
@@ -152,4 +167,4 @@ def plan(out: str | Path, runs: Sequence[str] | None = None, datasets: Sequence[
     return compared_plan("scoring", out, runs)
 
 
-__all__ = ["OOD_CANDIDATES", "PAPER_TABLE7", "available_out_sets", "out_set_candidates", "plan", "reproduce_ood", "table7_markdown"]
+__all__ = ["OOD_CANDIDATES", "PAPER_TABLE7", "available_out_sets", "check_in_sets", "out_set_candidates", "plan", "reproduce_ood", "table7_markdown"]
