@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -100,19 +101,24 @@ def unsupported(precision: str, device: torch.device) -> str | None:
         return None
     if precision == "fp16-mixed":
         return "fp16-mixed is CUDA only (as in training)"
-    slowdown = matmul_seconds(torch.bfloat16) / matmul_seconds(torch.float32)
+    # the median of interleaved measurements: on a shared machine one of them can be off by 100x either way
+    slowdown = statistics.median(matmul_seconds(torch.bfloat16) / matmul_seconds(torch.float32) for _ in range(7))
     if slowdown > 2.0:
         return f"this CPU emulates bf16 (a bf16 matmul is {slowdown:.0f}x slower than fp32 here)"
     return None
 
 
-def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 3) -> float:
+def matmul_seconds(dtype: torch.dtype, n: int = 256, repeats: int = 7) -> float:
+    """The fastest of ``repeats`` n×n matmuls: the minimum, because on a shared machine a time can only
+    be inflated by other jobs, never shortened."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        start = time.perf_counter()
         a @ b
-    return (time.perf_counter() - start) / repeats
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def autocast(precision: str, device: torch.device):
