@@ -6,12 +6,14 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from softintrovae.config import MethodConfig
 from softintrovae.errors import UserError
 from softintrovae.data import Toy2DStream
 from softintrovae.methods import IntroVAE, SoftIntroVAE, VAE
 from softintrovae.models import MLPDecoder, MLPEncoder
+from softintrovae.models.base import LatentLayout
 from softintrovae.objectives import introvae_decoder_loss, introvae_encoder_loss, kl_to_standard_normal, reconstruction_loss, reparameterize
 from softintrovae.reference import reference_soft_introvae_step, reference_vae_step
 
@@ -42,23 +44,52 @@ def batches(n, batch_size=128):
     return [data.batch(i) for i in range(n)]
 
 
-@pytest.mark.parametrize("detach", [False, True])
-def test_optimized_soft_introvae_step_equals_reference(detach):
+# (detach_negative_target, γ_r, reconstruction). At the paper's γ_r = 1e-8 the decoder phase's
+# reconstructions of the negatives weigh nothing, so γ_r = 1 makes them (their kind, their detached
+# targets and latents) count; bce checks that the negatives' errors take the run's kind too.
+PARITY = [(False, 1e-8, "mse"), (True, 1e-8, "mse"), (False, 1.0, "mse"), (True, 1.0, "bce")]
+
+
+@pytest.mark.parametrize("detach, gamma_r, reconstruction", PARITY)
+def test_optimized_soft_introvae_step_equals_reference(detach, gamma_r, reconstruction):
     encoder, decoder, opts = make_pair()
+    if reconstruction == "bce":  # probabilities out, data in [0, 1]
+        decoder = nn.Sequential(decoder, nn.Sigmoid())
     ref_e, ref_d, ref_opts = clone(encoder, decoder, opts)
-    config = MethodConfig(name="soft-introvae", vae_warmup_steps=0, detach_negative_target=detach, **HP)
+    settings = dict(detach_negative_target=detach, gamma_r=gamma_r, reconstruction=reconstruction)
+    config = MethodConfig(name="soft-introvae", vae_warmup_steps=0, **settings, **HP)
     method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
     for i, x in enumerate(batches(6)):
+        x = torch.sigmoid(x) if reconstruction == "bce" else x
         torch.manual_seed(100 + i)
         ours = method.step(x, i)
         torch.manual_seed(100 + i)
-        ref = reference_soft_introvae_step(
-            ref_e, ref_d, *ref_opts, x, z_dim=2, scale=0.5, detach_negative_target=detach, **HP
-        )
+        ref = reference_soft_introvae_step(ref_e, ref_d, *ref_opts, x, z_dim=2, scale=0.5, **settings, **HP)
         for key in ("loss_encoder", "loss_decoder", "rec", "kl", "kl_rec", "kl_fake"):
             assert abs(ours[key].item() - ref[key].item()) <= 1e-6, key
     assert (params(encoder, decoder) - params(ref_e, ref_d)).abs().max().item() <= 1e-6
     assert not torch.equal(params(encoder), params(make_pair()[0]))  # training did move the weights
+
+
+def test_one_beta_for_every_latent_trains_as_a_single_latent():
+    """Two latents that share their β's train as one latent with those β's: the real data's KL is
+    weighed by β_kl, the negatives' by β_neg in the encoder phase and by β_kl in the decoder phase."""
+    config = MethodConfig(vae_warmup_steps=1, beta_rec=0.2, beta_kl=0.3, beta_neg=1.5)
+    runs = []
+    for layout in (None, LatentLayout(("content", "class"), (1, 1))):
+        encoder, decoder, opts = make_pair()
+        if layout is not None:
+            encoder.latents = layout
+        method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+        torch.manual_seed(0)
+        losses = [method.step(x, i) for i, x in enumerate(batches(3))]
+        runs.append((losses, params(encoder, decoder)))
+    (single, single_params), (grouped, grouped_params) = runs
+    for ours, theirs in zip(single, grouped):  # the logged KLs of several latents carry their weights
+        losses = [k for k in ours if not k.startswith("kl")]
+        assert {k: pytest.approx(ours[k].item(), abs=1e-6) for k in losses} == {k: theirs[k].item() for k in losses}
+    assert set(grouped[-1]) - set(single[-1]) == {"kl_content", "kl_class"}
+    assert torch.allclose(single_params, grouped_params, atol=1e-6)
 
 
 def test_detaching_the_negative_target_changes_the_encoder_update():
@@ -115,7 +146,7 @@ def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge):
         decoder.net[-1].weight.mul_(10)
     ref_e, ref_d, (ref_oe, ref_od) = clone(encoder, decoder, opts)
     config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, introvae_negatives=negatives, introvae_hinge=hinge, **HP)
-    method = IntroVAE(encoder, decoder, *opts, config, scale=1.0, z_dim=2)
+    method = IntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)  # IntroVAE has no s: it must not use it
 
     def kls(fakes):
         per_sample = [kl_to_standard_normal(*ref_e(v), reduction="none") for v in fakes]
