@@ -61,21 +61,30 @@ def test_shifted_samples_score_worse_than_matching_samples():
     assert far["kl"] > close["kl"] and far["jsd_official"] > close["jsd_official"]
 
 
-class ZeroEncoder(nn.Module):
+class HalfEncoder(nn.Module):
+    """μ = x/2 and σ² = 2 everywhere: KL = ½·Σ_d (μ_d² + 2 − 1 − log 2), not 0."""
+
     def forward(self, x):
-        return torch.zeros(len(x), 2), torch.zeros(len(x), 2)
+        return x / 2, torch.full_like(x, math.log(2.0))
 
 
-class ZeroDecoder(nn.Module):
+class IdentityDecoder(nn.Module):
     def forward(self, z):
-        return torch.zeros(len(z), 2)
+        return z
 
 
-def test_gnelbo_of_a_constant_model_by_hand():
-    # q = p(z) (KL 0) and D ≡ 0: −ELBO(x) = ‖x‖²
+def test_gnelbo_by_hand():
+    # −ELBO(x) = KL(q(z|x) ‖ p(z)) + ‖x − D(μ)‖² with β = 1 and z = μ = x/2, D = identity
     data = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    grid = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    ne_data = deterministic_negative_elbo(ZeroEncoder(), ZeroDecoder(), data)
-    ne_grid = deterministic_negative_elbo(ZeroEncoder(), ZeroDecoder(), grid)
-    assert ne_data.tolist() == [1.0, 4.0]
-    assert grid_normalized_elbo(ne_data, ne_grid) == pytest.approx(2.5 / (2.0 + 5.0))
+    grid = torch.tensor([[2.0, 2.0], [0.0, 0.0]])
+
+    def by_hand(x, y):
+        kl = 0.5 * ((x / 2) ** 2 + (y / 2) ** 2 + 2 * (1 - math.log(2)))
+        return kl + (x / 2) ** 2 + (y / 2) ** 2
+
+    ne_data = deterministic_negative_elbo(HalfEncoder(), IdentityDecoder(), data)
+    ne_grid = deterministic_negative_elbo(HalfEncoder(), IdentityDecoder(), grid)
+    assert ne_data.tolist() == pytest.approx([by_hand(1, 0), by_hand(0, 2)])
+    assert ne_grid.tolist() == pytest.approx([by_hand(2, 2), by_hand(0, 0)])
+    expected = (by_hand(1, 0) + by_hand(0, 2)) / 2 / (by_hand(2, 2) + by_hand(0, 0) + by_hand(1, 0) + by_hand(0, 2))
+    assert grid_normalized_elbo(ne_data, ne_grid) == pytest.approx(expected)

@@ -8,7 +8,7 @@ import pytest
 
 from softintrovae.cli import main
 from softintrovae.errors import TrainingDiverged, UserError
-from softintrovae.sweep import PAPER_BETAS, aggregate, best_per_metric, expand_grid, paper_grid, parse_grid, sweep, train_or_resume
+from softintrovae.sweep import PAPER_BETAS, aggregate, best_per_metric, expand_grid, paper_grid, parse_grid, plan, sweep, train_or_resume
 
 from .conftest import TINY
 
@@ -27,8 +27,20 @@ def test_paper_grid_follows_the_papers_ranges_with_beta_neg_tied_to_beta_kl():
         beta_kl, beta_neg = configuration["method.beta_kl"], configuration["method.beta_neg"]
         assert beta_kl <= beta_neg <= 5 * beta_kl + 1e-9
     assert {c["method.beta_rec"] for c in soft} == set(PAPER_BETAS) and min(PAPER_BETAS) == 0.05 and max(PAPER_BETAS) == 1.0
-    assert {c["method.margin"] for c in intro} <= set(map(float, range(1, 11))) and len(intro) == 6 * len(soft)
     assert all("method.margin" not in c for c in soft)
+    # the points README names: β_neg ∈ {1, 2, 3, 5}·β_kl, m ∈ {1, 2, 4, 6, 8, 10}
+    assert len(soft) == 4 * 81 and sorted({round(c["method.beta_neg"] / c["method.beta_kl"], 6) for c in soft}) == [1, 2, 3, 5]
+    assert len(intro) == 6 * len(soft) and sorted({c["method.margin"] for c in intro}) == [1, 2, 4, 6, 8, 10]
+
+
+def test_each_seed_of_a_configuration_sets_train_seed_and_data_seed(tmp_path):
+    jobs = plan("vae-8gaussians", [{"method.beta_kl": 0.1}, {"method.beta_kl": 0.2}], 2, {"train.steps": 5}, tmp_path)
+    assert [(j.overrides["train.seed"], j.overrides["data.seed"]) for j in jobs] == [(0, 0), (1, 1), (0, 0), (1, 1)]
+    assert [j.path.relative_to(tmp_path).as_posix() for j in jobs] == [
+        "method.beta_kl=0.1/seed0", "method.beta_kl=0.1/seed1", "method.beta_kl=0.2/seed0", "method.beta_kl=0.2/seed1"
+    ]
+    assert [j.overrides["method.beta_kl"] for j in jobs] == [0.1, 0.1, 0.2, 0.2] and all(j.overrides["train.steps"] == 5 for j in jobs)
+    assert [j.label for j in jobs] == [{"method.beta_kl": 0.1}] * 2 + [{"method.beta_kl": 0.2}] * 2
 
 
 def test_expand_grid_crosses_named_and_key_grids():
@@ -79,6 +91,14 @@ def test_sweep_skips_finished_runs_and_resumes_unfinished_ones(tmp_path):
         assert row_again == pytest.approx(row)
     assert "Best (lowest mean) per metric" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.csv").read_text().startswith("method.beta_neg,runs,diverged,kl_mean")
+
+
+def test_a_diverged_run_is_counted_and_the_sweep_goes_on(tmp_path):
+    table = sweep("vae-8gaussians", {"optim.lr_encoder": [2e-4, 1e30]}, tmp_path, overrides={**TINY, "train.steps": 4})
+    assert [(row["runs"], row.get("diverged", 0)) for row in table] == [(1, 0), (0, 1)]
+    assert "non-finite loss at step" in (tmp_path / "optim.lr_encoder=1e+30" / "seed0" / "diverged.txt").read_text()
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("optim.lr_encoder,runs,diverged,") and rows[1].startswith("0.0002,1,0,") and rows[2].startswith("1e+30,0,1,")
 
 
 def test_a_diverged_training_leaves_its_reason_and_raises(tmp_path, monkeypatch):
