@@ -115,7 +115,7 @@ def test_ood_cli_end_to_end(npz, tmp_path, capsys):
     assert code == 0
     saved = json.loads((report / "ood.json").read_text())
     assert saved["reference"] == "in-train" and saved["counts"] == {"in-train": 40, f"npz={other}": 30}
-    assert 0.0 <= saved["auroc"][f"npz={other}"] <= 1.0
+    assert set(saved["auroc"]) == {f"npz={other}"}  # its value: test_auroc_of_separable_and_identical_scores
     assert all((report / name).is_file() for name in ("ood.md", "scores.png", "roc.png"))
     assert f"| npz={npz} | npz={other} |" in capsys.readouterr().out
 
@@ -190,5 +190,5 @@ def test_reproduce_ood_writes_table7s_mnist_rows_beside_the_papers(tmp_path, cap
     for in_set, out_set in (("fashion-mnist", f"mnist={MNIST}"), ("mnist", "fashion-mnist")):
         for method in ("vae", "soft-introvae"):
             result = saved[in_set][method]
-            assert result["step"] == 2 and 0 <= result["auroc"][out_set] <= 1 and result["counts"]["in-test"] == 40
+            assert result["step"] == 2 and out_set in result["auroc"] and result["counts"]["in-test"] == 40
             assert (out / in_set / method / "ood" / "scores.png").is_file()
