@@ -88,14 +88,14 @@ def report(modules: list[str], diffs: bool) -> None:
     counts = {m: Counter() for m in modules}
     for name, code in codes.items():
         counts[module_of(name, modules)][STATUS.get(code, "suspicious")] += 1
-    print("| module | mutants | killed | timeout | survived | no tests | score |")
-    print("|---|---|---|---|---|---|---|")
+    print("| module | mutants tested | killed | timeout | survived | no tests | score | not run |")
+    print("|---|---|---|---|---|---|---|---|")
     total = Counter()
     for module, c in counts.items():
         total += c
         print(row(module, c))
     print(row("**all**", total))
-    survivors = sorted(n for n, code in codes.items() if STATUS.get(code, "suspicious") not in ("killed", "timeout"))
+    survivors = sorted(n for n, code in codes.items() if STATUS.get(code, "suspicious") not in ("killed", "timeout", "not run"))
     print(f"\nnot killed ({len(survivors)}):")
     for name in survivors:
         print(f"  {STATUS.get(codes[name], 'suspicious'):9} {name}")
@@ -107,12 +107,13 @@ def report(modules: list[str], diffs: bool) -> None:
 
 
 def row(module: str, c: Counter) -> str:
-    n = sum(c.values())
+    """One table row; the score counts the mutants tested (a run cut short leaves some not run)."""
+    n = sum(c.values()) - c["not run"]
     dead = c["killed"] + c["timeout"]
     other = n - dead - c["survived"] - c["no tests"]
     score = f"{100 * dead / n:.1f} %" if n else "–"
     extra = f" (+{other} other)" if other else ""
-    return f"| {module} | {n} | {c['killed']} | {c['timeout']} | {c['survived']}{extra} | {c['no tests']} | {score} |"
+    return f"| {module} | {n} | {c['killed']} | {c['timeout']} | {c['survived']}{extra} | {c['no tests']} | {score} | {c['not run']} |"
 
 
 def main() -> None:
