@@ -17,6 +17,7 @@ from softintrovae.metrics import (
     histogram_jsd_textbook,
     histogram_kl,
     histogram_metrics,
+    square_grid,
 )
 
 
@@ -31,6 +32,18 @@ def test_histogram_is_a_density():
     h = histogram_density(points, 2.0, bins=100)
     assert h.shape == (100, 100)
     assert h.sum() * (4 / 100) ** 2 == pytest.approx(1.0)
+
+
+def test_histogram_rows_are_x_and_columns_y():
+    # every point at (1, −1): the bin of x ∈ [0, 2) and y ∈ [−2, 0), density 1 / (2 · 2)
+    h = histogram_density(np.tile([1.0, -1.0], (10, 1)), 2.0, bins=2)
+    assert h.tolist() == [[0.0, 0.0], [0.25, 0.0]]
+
+
+def test_histogram_metrics_use_the_bins_they_are_given():
+    # (0.5, 0.5) and (1.5, 1.5) share a bin of 2 × 2 bins, not of 100 × 100
+    m = histogram_metrics(np.full((10, 2), 0.5), np.full((10, 2), 1.5), limit=2.0, bins=2)
+    assert m == pytest.approx({"kl": 0.0, "jsd_official": 0.0, "jsd_textbook": 0.0}, abs=1e-12)
 
 
 def test_kl_and_official_jsd_follow_the_batchmean_formula():
@@ -88,3 +101,23 @@ def test_gnelbo_by_hand():
     assert ne_grid.tolist() == pytest.approx([by_hand(2, 2), by_hand(0, 0)])
     expected = (by_hand(1, 0) + by_hand(0, 2)) / 2 / (by_hand(2, 2) + by_hand(0, 0) + by_hand(1, 0) + by_hand(0, 2))
     assert grid_normalized_elbo(ne_data, ne_grid) == pytest.approx(expected)
+
+
+class Progress:
+    def __init__(self):
+        self.updates = []
+
+    def update(self, n):
+        self.updates.append(n)
+
+
+def test_passes_of_batch_size_points_give_every_point_its_value_once():
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    progress = Progress()
+    in_passes = deterministic_negative_elbo(HalfEncoder(), IdentityDecoder(), x, batch_size=3, progress=progress)
+    assert progress.updates == [3, 3, 3, 1]
+    assert torch.equal(in_passes, deterministic_negative_elbo(HalfEncoder(), IdentityDecoder(), x))
+
+
+def test_square_grid_is_row_major_in_y_then_x():
+    assert square_grid(1.0, 3).tolist() == [[x, y] for y in (-1.0, 0.0, 1.0) for x in (-1.0, 0.0, 1.0)]
