@@ -20,6 +20,8 @@ from softintrovae.metrics import (
     square_grid,
 )
 
+from .conftest import Progress
+
 
 def test_identical_histograms_give_zero():
     points = np.random.default_rng(0).normal(size=(5000, 2))
@@ -101,14 +103,6 @@ def test_gnelbo_by_hand():
     assert ne_grid.tolist() == pytest.approx([by_hand(2, 2), by_hand(0, 0)])
     expected = (by_hand(1, 0) + by_hand(0, 2)) / 2 / (by_hand(2, 2) + by_hand(0, 0) + by_hand(1, 0) + by_hand(0, 2))
     assert grid_normalized_elbo(ne_data, ne_grid) == pytest.approx(expected)
-
-
-class Progress:
-    def __init__(self):
-        self.updates = []
-
-    def update(self, n):
-        self.updates.append(n)
 
 
 def test_passes_of_batch_size_points_give_every_point_its_value_once():

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from softintrovae.cli import main
-from softintrovae.likelihood import bits_per_dim, decoder_log_likelihood, score_batch
+from softintrovae.likelihood import SCORES, bits_per_dim, decoder_log_likelihood, score_batch, score_images
 from softintrovae.ood import auroc
 from softintrovae.trainer import train
 
-from .conftest import DEBIAN_FASHION_MNIST, MNIST, tiny_image
+from .conftest import DEBIAN_FASHION_MNIST, MNIST, Progress, tiny_image
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -69,6 +69,33 @@ def scores(model: LinearGaussian, x, samples: int, **encoder_shift) -> dict[str,
         samples=samples, generator=torch.Generator().manual_seed(2),
     )  # fmt: skip
 
+
+
+class Conditional(nn.Module):
+    """``network`` with class labels: a label y adds y to every output (0 for the decoder's)."""
+
+    def __init__(self, network: nn.Module, shift_per_label: float):
+        super().__init__()
+        self.network, self.shift = network, nn.Parameter(torch.tensor(shift_per_label, dtype=torch.float64))
+
+    def forward(self, inputs, labels):
+        out = self.network(inputs)
+        if isinstance(out, tuple):
+            return (out[0] + self.shift * labels[:, None], *out[1:])
+        return out + self.shift * labels[:, None]
+
+
+def test_score_images_scores_each_batch_with_its_labels_and_one_seeded_generator():
+    model = LinearGaussian()
+    x, labels = model.sample(5), torch.tensor([0, 1, 2, 1, 0])
+    encoder, decoder = Conditional(model.encoder(), 0.5), Conditional(model.decoder(), 0.0)
+    settings = {"beta_rec": 1 / (2 * SIGMA2), "beta_kl": 0.5, "samples": 3}
+    generator = torch.Generator().manual_seed(7)
+    batches = [score_batch(encoder, decoder, x[i : i + 2], labels=labels[i : i + 2], generator=generator, **settings) for i in (0, 2, 4)]
+    progress = Progress()
+    scored = score_images(encoder, decoder, x, seed=7, labels=labels, batch_size=2, progress=progress, **settings)
+    assert progress.updates == [2, 2, 1]
+    assert all(torch.equal(scored[name], torch.cat([b[name] for b in batches])) for name in SCORES)
 
 def test_gaussian_decoder_likelihood_is_a_normalised_density():
     x, x_hat = torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
