@@ -11,7 +11,7 @@ from torch import nn
 from softintrovae.config import MethodConfig
 from softintrovae.errors import UserError
 from softintrovae.data import Toy2DStream
-from softintrovae.methods import IntroVAE, SoftIntroVAE, VAE
+from softintrovae.methods import VAE, IntroVAE, NonFiniteUpdate, SoftIntroVAE, Stepper, has_batch_norm, latent_betas, per_kind
 from softintrovae.models import MLPDecoder, MLPEncoder
 from softintrovae.models.base import LatentLayout
 from softintrovae.objectives import introvae_decoder_loss, introvae_encoder_loss, kl_to_standard_normal, reconstruction_loss, reparameterize
@@ -209,3 +209,68 @@ def test_bf16_autocast_step_runs_and_returns_fp32_losses():
     method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(vae_warmup_steps=0, **HP), scale=0.5, z_dim=2, autocast=autocast)
     losses = method.step(batches(1, batch_size=32)[0], 0)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_a_class_latent_takes_its_own_betas_and_the_others_the_runs():
+    config = MethodConfig(beta_kl=0.3, beta_neg=1.5, beta_kl_class=0.7)
+    beta_kl, kl_weights, beta_neg, neg_weights = latent_betas(config, LatentLayout(("content", "class"), (2, 1)))
+    assert (beta_kl, beta_neg) == (1.0, 1.0)
+    assert kl_weights.tolist() == pytest.approx([0.3, 0.3, 0.7]) and neg_weights.tolist() == pytest.approx([1.5, 1.5, 1.5])
+    assert latent_betas(config, LatentLayout.single(3)) == (0.3, None, 1.5, None)
+
+
+class Tagged(nn.Module):
+    """Records each call's batch size; returns (inputs + labels, the call's index) or inputs + labels."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple, self.calls = as_tuple, []
+
+    def forward(self, inputs, labels):
+        self.calls.append(len(inputs))
+        out = inputs + labels[:, None]
+        return (out, torch.full_like(out, len(self.calls))) if self.as_tuple else out
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_per_kind_separately_calls_each_half_with_its_labels(as_tuple):
+    batch, labels = torch.zeros(4, 2), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    network = Tagged(as_tuple)
+    out = per_kind(network, batch, True, labels)
+    assert network.calls == [2, 2]
+    sums = out[0] if as_tuple else out
+    assert sums[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    if as_tuple:
+        assert out[1][:, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    joint = Tagged(as_tuple)
+    per_kind(joint, batch, False, labels)
+    assert joint.calls == [4]
+
+
+def test_batch_norm_is_found_anywhere_in_a_network():
+    assert has_batch_norm(nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.BatchNorm1d(2))))
+    assert not has_batch_norm(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+
+
+def test_stacked_runs_draw_their_rows_from_their_own_generators():
+    encoder, decoder, opts = make_pair(hidden=8)
+    method = VAE(encoder, decoder, *opts, MethodConfig(name="vae", **HP), scale=0.5, z_dim=2)
+    method.run_generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    drawn = method.standard_normal(6, torch.device("cpu"))
+    expected = [torch.randn(3, 2, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    assert torch.equal(drawn, torch.cat(expected))
+
+
+def test_a_non_finite_loss_or_gradient_raises_before_any_optimizer_steps():
+    p = nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([p], lr=1.0)
+    stepper = Stepper()
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss_encoder=nan\)$"):
+        stepper.update([optimizer], (p * float("nan")).sum(), [p], name="loss_encoder")
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite gradient \(gradient of loss_decoder\)$"):
+        stepper.update([optimizer], (p - 1).sqrt().sum(), [p], name="loss_decoder")  # 0, with gradient 1/0
+    assert p.item() == 1.0 and not stepper.stepped
+    stepper.update([optimizer], (2 * p).sum(), [p])
+    assert p.item() == -1.0 and stepper.stepped
+    stepper.end_step()
+    assert not stepper.stepped
