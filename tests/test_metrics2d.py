@@ -42,9 +42,13 @@ def test_histogram_rows_are_x_and_columns_y():
     assert h.tolist() == [[0.0, 0.0], [0.25, 0.0]]
 
 
-def test_histogram_metrics_use_the_bins_they_are_given():
+def test_histogram_metrics_use_the_bins_they_are_given_and_100_by_default():
     # (0.5, 0.5) and (1.5, 1.5) share a bin of 2 × 2 bins, not of 100 × 100
     m = histogram_metrics(np.full((10, 2), 0.5), np.full((10, 2), 1.5), limit=2.0, bins=2)
+    assert m == pytest.approx({"kl": 0.0, "jsd_official": 0.0, "jsd_textbook": 0.0}, abs=1e-12)
+    # Table 2's 100 × 100 bins by default: 0.005 and 0.015 share the bin [0, 0.02) over [−1, 1]
+    # (with 99 or 101 bins a bin edge lies between them)
+    m = histogram_metrics(np.full((10, 2), 0.005), np.full((10, 2), 0.015), limit=1.0)
     assert m == pytest.approx({"kl": 0.0, "jsd_official": 0.0, "jsd_textbook": 0.0}, abs=1e-12)
 
 
