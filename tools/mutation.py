@@ -67,17 +67,14 @@ def run_mutmut(patterns: list[str], workers: int) -> None:
         sys.exit(f"mutmut failed with exit status {code}; its output: {log}")
 
 
-def results(patterns: list[str]) -> tuple[dict[str, int | None], dict[str, float]]:
-    """Exit code and test seconds of every mutant matching ``patterns``, from mutmut's result files."""
+def results(patterns: list[str]) -> dict[str, int | None]:
+    """Exit code of every mutant matching ``patterns``, from mutmut's result files."""
     codes: dict[str, int | None] = {}
-    seconds: dict[str, float] = {}
     for meta in sorted((ROOT / "mutants" / "src").rglob("*.py.meta")):
-        data = json.loads(meta.read_text())
-        for name, code in data["exit_code_by_key"].items():
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
             if any(fnmatch.fnmatch(name, p) for p in patterns):
                 codes[name] = code
-                seconds[name] = data.get("durations_by_key", {}).get(name, 0.0)
-    return codes, seconds
+    return codes
 
 
 def module_of(name: str, modules: list[str]) -> str:
@@ -85,21 +82,19 @@ def module_of(name: str, modules: list[str]) -> str:
 
 
 def report(modules: list[str], diffs: bool) -> None:
-    codes, seconds = results(patterns_of(modules))
+    codes = results(patterns_of(modules))
     if not codes:
         sys.exit("no mutation results: run without --report-only first")
     counts = {m: Counter() for m in modules}
-    busy = Counter()  # seconds the mutants' tests ran, summed over the workers
     for name, code in codes.items():
         counts[module_of(name, modules)][STATUS.get(code, "suspicious")] += 1
-        busy[module_of(name, modules)] += seconds[name]
-    print("| module | mutants tested | killed | timeout | survived | no tests | score | not run | test seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| module | mutants tested | killed | timeout | survived | no tests | score | not run |")
+    print("|---|---|---|---|---|---|---|---|")
     total = Counter()
     for module, c in counts.items():
         total += c
-        print(row(module, c, busy[module]))
-    print(row("**all**", total, sum(busy.values())))
+        print(row(module, c))
+    print(row("**all**", total))
     survivors = sorted(n for n, code in codes.items() if STATUS.get(code, "suspicious") not in ("killed", "timeout", "not run"))
     print(f"\nnot killed ({len(survivors)}):")
     for name in survivors:
@@ -111,14 +106,14 @@ def report(modules: list[str], diffs: bool) -> None:
             print("    " + get_diff_for_mutant(name).replace("\n", "\n    "))
 
 
-def row(module: str, c: Counter, busy: float) -> str:
+def row(module: str, c: Counter) -> str:
     """One table row; the score counts the mutants tested (a run cut short leaves some not run)."""
     n = sum(c.values()) - c["not run"]
     dead = c["killed"] + c["timeout"]
     other = n - dead - c["survived"] - c["no tests"]
     score = f"{100 * dead / n:.1f} %" if n else "–"
     extra = f" (+{other} other)" if other else ""
-    return f"| {module} | {n} | {c['killed']} | {c['timeout']} | {c['survived']}{extra} | {c['no tests']} | {score} | {c['not run']} | {busy:.0f} |"
+    return f"| {module} | {n} | {c['killed']} | {c['timeout']} | {c['survived']}{extra} | {c['no tests']} | {score} | {c['not run']} |"
 
 
 def main() -> None:
