@@ -31,7 +31,7 @@ def test_identical_histograms_give_zero():
 
 def test_histogram_is_a_density():
     points = np.random.default_rng(0).uniform(-2, 2, size=(1000, 2))
-    h = histogram_density(points, 2.0, bins=100)
+    h = histogram_density(points, 2.0)  # 100 × 100 bins by default
     assert h.shape == (100, 100)
     assert h.sum() * (4 / 100) ** 2 == pytest.approx(1.0)
 
