@@ -13,6 +13,7 @@ from torch import nn
 
 from softintrovae.cli import main
 from softintrovae.likelihood import SCORES, bits_per_dim, decoder_log_likelihood, score_batch, score_images
+from softintrovae.models import MLPDecoder, MLPEncoder
 from softintrovae.ood import auroc
 from softintrovae.trainer import train
 
@@ -96,6 +97,13 @@ def test_score_images_scores_each_batch_with_its_labels_and_one_seeded_generator
     scored = score_images(encoder, decoder, x, seed=7, labels=labels, batch_size=2, progress=progress, **settings)
     assert progress.updates == [2, 2, 1]
     assert all(torch.equal(scored[name], torch.cat([b[name] for b in batches])) for name in SCORES)
+
+
+def test_a_class_conditional_model_is_not_scored_without_labels():
+    decoder = MLPDecoder(data_dim=4, hidden_dim=8)
+    decoder.num_classes = 3
+    with pytest.raises(ValueError, match=r"^a class-conditional model needs the images' labels to score them$"):
+        score_images(MLPEncoder(data_dim=4, hidden_dim=8), decoder, torch.zeros(2, 4), beta_rec=1.0, beta_kl=1.0)
 
 def test_gaussian_decoder_likelihood_is_a_normalised_density():
     x, x_hat = torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)

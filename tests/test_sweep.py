@@ -15,8 +15,9 @@ from .conftest import TINY
 
 def test_parse_grid_types_values_and_rejects_bad_syntax():
     assert parse_grid(["method.beta_kl=0.1,1e-2", "train.steps=5"]) == {"method.beta_kl": [0.1, 0.01], "train.steps": [5]}
+    assert parse_grid(["data.root=a=b,c"]) == {"data.root": ["a=b", "c"]}  # the key ends at the first =
     for bad in ("method.beta_kl", "method.beta_kl=", "=1,2", "method.beta_kl=0.1,,0.2"):
-        with pytest.raises(UserError, match="must look like section.key=value1,value2"):
+        with pytest.raises(UserError, match=r"must look like section.key=value1,value2,... or be a named grid \(paper\)$"):
             parse_grid([bad])
 
 
