@@ -8,10 +8,21 @@ import pytest
 import torch
 from torch import nn
 
+from softintrovae import methods
 from softintrovae.config import MethodConfig
 from softintrovae.errors import UserError
 from softintrovae.data import Toy2DStream
-from softintrovae.methods import VAE, IntroVAE, NonFiniteUpdate, SoftIntroVAE, Stepper, has_batch_norm, latent_betas, per_kind
+from softintrovae.methods import (
+    VAE,
+    IntroVAE,
+    NonFiniteUpdate,
+    SoftIntroVAE,
+    Stepper,
+    average_gradients,
+    has_batch_norm,
+    latent_betas,
+    per_kind,
+)
 from softintrovae.models import MLPDecoder, MLPEncoder
 from softintrovae.models.base import LatentLayout
 from softintrovae.objectives import introvae_decoder_loss, introvae_encoder_loss, kl_to_standard_normal, reconstruction_loss, reparameterize
@@ -274,3 +285,33 @@ def test_a_non_finite_loss_or_gradient_raises_before_any_optimizer_steps():
     assert p.item() == -1.0 and stepper.stepped
     stepper.end_step()
     assert not stepper.stepped
+
+
+def test_average_gradients_averages_every_gradient_over_the_processes(monkeypatch):
+    a, b, no_grad = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.ones(2, 2), torch.tensor([1.0, 2.0, 3.0])
+    other = torch.arange(7.0)  # the flat gradients of a second process
+    monkeypatch.setattr(methods.dist, "all_reduce", lambda flat: flat.add_(other))
+    monkeypatch.setattr(methods.dist, "get_world_size", lambda: 2)
+    average_gradients([a, no_grad, b])
+    assert a.grad.tolist() == [[0.5, 1.0], [1.5, 2.0]] and b.grad.tolist() == [2.5, 3.5, 4.5] and no_grad.grad is None
+
+
+class CountingScaler:
+    def __init__(self):
+        self.updates = 0
+
+    def update(self):
+        self.updates += 1
+
+
+def test_the_loss_scale_is_updated_once_per_step_and_after_an_abandoned_step_that_stepped():
+    scaler = CountingScaler()
+    stepper = Stepper(scaler)
+    stepper.abandon_step()
+    assert scaler.updates == 0
+    stepper.stepped = True
+    stepper.abandon_step()
+    assert scaler.updates == 1 and not stepper.stepped
+    stepper.end_step()
+    assert scaler.updates == 2

@@ -56,9 +56,9 @@ def test_expand_grid_crosses_named_and_key_grids():
 
 
 def test_aggregate_counts_diverged_runs_apart():
-    table = aggregate([({"m": 1}, {"step": 3, "kl": 1.0}), ({"m": 1}, None), ({"m": 2}, None)])
+    table = aggregate([({"m": 1}, {"step": 3, "kl": 1.0}), ({"m": 1}, None), ({"m": 2}, None), ({"m": 2}, None)])
     assert table[0] == {"m": 1, "runs": 1, "diverged": 1, "kl_mean": 1.0, "kl_std": 0.0}
-    assert table[1] == {"m": 2, "runs": 0, "diverged": 1}
+    assert table[1] == {"m": 2, "runs": 0, "diverged": 2}
 
 
 def test_aggregate_mean_std_and_best_on_known_inputs():
@@ -66,10 +66,14 @@ def test_aggregate_mean_std_and_best_on_known_inputs():
         ({"m": 1}, {"step": 3, "kl": 1.0, "jsd": 4.0}),
         ({"m": 1}, {"step": 3, "kl": 3.0, "jsd": 4.0}),
         ({"m": 2}, {"step": 3, "kl": 0.5, "jsd": 6.0}),
+        ({"m": 3}, {"step": 3, "kl": 1.0, "jsd": 7.0}),
+        ({"m": 3}, {"step": 3, "kl": 2.0, "jsd": 7.0}),
+        ({"m": 3}, {"step": 3, "kl": 3.0, "jsd": 7.0}),
     ]
     table = aggregate(rows)
     assert table[0] == {"m": 1, "runs": 2, "kl_mean": 2.0, "kl_std": pytest.approx(2**0.5), "jsd_mean": 4.0, "jsd_std": 0.0}
     assert table[1]["runs"] == 1 and table[1]["kl_std"] == 0.0
+    assert table[2]["kl_std"] == pytest.approx(1.0)  # the sample std, over n − 1 = 2
     assert best_per_metric(table, ["m"]) == {"kl": "m=2", "jsd": "m=1"}
 
 
