@@ -281,6 +281,8 @@ def test_a_non_finite_loss_or_gradient_raises_before_any_optimizer_steps():
     with pytest.raises(NonFiniteUpdate, match=r"^non-finite gradient \(gradient of loss_decoder\)$"):
         stepper.update([optimizer], (p - 1).sqrt().sum(), [p], name="loss_decoder")  # 0, with gradient 1/0
     assert p.item() == 1.0 and not stepper.stepped
+    several = NonFiniteUpdate("rec, kl", "loss", {"rec": torch.tensor(float("inf"))})  # the value of each loss that has one
+    assert str(several) == "non-finite loss (rec=inf, kl)"
     stepper.update([optimizer], (2 * p).sum(), [p])
     assert p.item() == -1.0 and stepper.stepped
     stepper.end_step()

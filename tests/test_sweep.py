@@ -8,7 +8,7 @@ import pytest
 
 from softintrovae.cli import main
 from softintrovae.errors import TrainingDiverged, UserError
-from softintrovae.sweep import PAPER_BETAS, aggregate, best_per_metric, expand_grid, paper_grid, parse_grid, plan, sweep, train_or_resume
+from softintrovae.sweep import PAPER_BETAS, aggregate, as_configurations, best_per_metric, expand_grid, paper_grid, parse_grid, plan, sweep, train_or_resume
 
 from .conftest import TINY
 
@@ -54,6 +54,12 @@ def test_expand_grid_crosses_named_and_key_grids():
     with pytest.raises(UserError, match="named grid"):
         expand_grid(["papers"], "vae")
 
+
+def test_as_configurations_crosses_a_dict_of_values_and_copies_a_list():
+    assert as_configurations({"a": [1, 2], "b": [3]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
+    given = [{"a": 1}]
+    configurations = as_configurations(given)
+    assert configurations == given and configurations[0] is not given[0]
 
 def test_aggregate_counts_diverged_runs_apart():
     table = aggregate([({"m": 1}, {"step": 3, "kl": 1.0}), ({"m": 1}, None), ({"m": 2}, None), ({"m": 2}, None)])
