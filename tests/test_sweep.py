@@ -8,7 +8,7 @@ import pytest
 
 from softintrovae.cli import main
 from softintrovae.errors import TrainingDiverged, UserError
-from softintrovae.sweep import PAPER_BETAS, aggregate, as_configurations, best_per_metric, expand_grid, paper_grid, parse_grid, plan, sweep, train_or_resume
+from softintrovae.sweep import PAPER_BETAS, aggregate, as_configurations, best_per_metric, expand_grid, paper_grid, parse_grid, plan, run_name, sweep, train_or_resume
 
 from .conftest import TINY
 
@@ -42,6 +42,17 @@ def test_each_seed_of_a_configuration_sets_train_seed_and_data_seed(tmp_path):
     ]
     assert [j.overrides["method.beta_kl"] for j in jobs] == [0.1, 0.1, 0.2, 0.2] and all(j.overrides["train.steps"] == 5 for j in jobs)
     assert [j.label for j in jobs] == [{"method.beta_kl": 0.1}] * 2 + [{"method.beta_kl": 0.2}] * 2
+    assert all(j.source == "vae-8gaussians" and j.overrides["train.progress"] is False for j in jobs)
+
+
+def test_plan_refuses_a_bad_configuration_before_any_job(tmp_path):
+    with pytest.raises(UserError, match="method.no_such_key"):
+        plan("vae-8gaussians", [{"method.beta_kl": 0.1}, {"method.no_such_key": 1}], 1, {}, tmp_path)
+
+
+def test_run_name_joins_the_overrides_and_names_no_override_base():
+    assert run_name({"method.beta_kl": 0.1, "method.beta_rec": 1.0}) == "method.beta_kl=0.1,method.beta_rec=1.0"
+    assert run_name({}) == "base"
 
 
 def test_expand_grid_crosses_named_and_key_grids():
