@@ -73,30 +73,40 @@ def scores(model: LinearGaussian, x, samples: int, **encoder_shift) -> dict[str,
 
 
 class Conditional(nn.Module):
-    """``network`` with class labels: a label y adds y to every output (0 for the decoder's)."""
+    """``network`` with class labels: a label y adds y to every output (0 for the decoder's); records
+    whether each call ran in training mode."""
 
     def __init__(self, network: nn.Module, shift_per_label: float):
         super().__init__()
         self.network, self.shift = network, nn.Parameter(torch.tensor(shift_per_label, dtype=torch.float64))
+        self.modes = []
 
     def forward(self, inputs, labels):
+        self.modes.append(self.training)
         out = self.network(inputs)
         if isinstance(out, tuple):
             return (out[0] + self.shift * labels[:, None], *out[1:])
         return out + self.shift * labels[:, None]
 
 
-def test_score_images_scores_each_batch_with_its_labels_and_one_seeded_generator():
+def test_score_images_scores_each_batch_in_eval_mode_with_its_labels_and_one_seeded_generator():
     model = LinearGaussian()
     x, labels = model.sample(5), torch.tensor([0, 1, 2, 1, 0])
     encoder, decoder = Conditional(model.encoder(), 0.5), Conditional(model.decoder(), 0.0)
     settings = {"beta_rec": 1 / (2 * SIGMA2), "beta_kl": 0.5, "samples": 3}
     generator = torch.Generator().manual_seed(7)
     batches = [score_batch(encoder, decoder, x[i : i + 2], labels=labels[i : i + 2], generator=generator, **settings) for i in (0, 2, 4)]
-    progress = Progress()
+    progress, encoder.modes, decoder.modes = Progress(), [], []
     scored = score_images(encoder, decoder, x, seed=7, labels=labels, batch_size=2, progress=progress, **settings)
     assert progress.updates == [2, 2, 1]
     assert all(torch.equal(scored[name], torch.cat([b[name] for b in batches])) for name in SCORES)
+    assert encoder.modes == decoder.modes == [False] * 3 and encoder.training and decoder.training  # eval mode, then back
+
+
+def test_scoring_needs_at_least_one_importance_sample():
+    model = LinearGaussian()
+    with pytest.raises(ValueError, match=r"^the number of importance samples must be >= 1, got 0$"):
+        scores(model, model.sample(2), samples=0)
 
 
 def test_a_class_conditional_model_is_not_scored_without_labels():
