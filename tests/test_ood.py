@@ -116,37 +116,48 @@ def test_a_class_conditional_model_is_not_scored_without_labels():
         score_images(MLPEncoder(data_dim=4, hidden_dim=8), decoder, torch.zeros(2, 4), beta_rec=1.0, beta_kl=1.0)
 
 
-class Constant(nn.Module):
-    """q(z|x) = N(0.5, 4) for every x (one latent dimension)."""
+class HalfMean(nn.Module):
+    """q(z|x) = N(x/2, 2²) (one latent dimension)."""
 
     def forward(self, x):
-        return torch.full_like(x, 0.5), torch.full_like(x, math.log(4.0))
+        return x / 2, torch.full_like(x, math.log(4.0))
 
 
-class Identity(nn.Module):
+class Applies(nn.Module):
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
     def forward(self, z):
-        return z
+        return self.function(z)
 
 
-def test_score_batch_by_hand():
-    # x = 1, q(z|x) = N(0.5, 2²), D(z) = z with β_rec = ½ (a unit-variance Gaussian decoder), β_kl = 0.3;
-    # z_i = 0.5 + 2·ε_i with ε drawn in fp64 from the generator, whatever the model's dtype (16 draws:
-    # from 16 on, torch draws fp32 normals by another algorithm than fp64 ones)
-    eps = torch.randn(16, 1, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64).flatten().tolist()
-    z = [0.5 + 2 * e for e in eps]
+@pytest.mark.parametrize("kind", ["mse", "bce"])
+def test_score_batch_by_hand(kind):
+    # x = (1, 3) with D(z) = z and β_rec = ½ (a unit-variance Gaussian decoder), or x = (1, 0) with
+    # D(z) = sigmoid(z) (a Bernoulli decoder); q(z|x) = N(x/2, 2²), β_kl = 0.3; z = x/2 + 2·ε with
+    # ε drawn in fp64 from the generator whatever the model's dtype (16 draws per point: from 16 on,
+    # torch draws fp32 normals by another algorithm than fp64 ones)
+    xs = (1.0, 3.0) if kind == "mse" else (1.0, 0.0)
+    eps = torch.randn(16, 2, 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)[..., 0].tolist()
 
     def log_n(v, mean, var):
         return -0.5 * (math.log(2 * math.pi * var) + (v - mean) ** 2 / var)
 
-    log_w = [log_n(1.0, zi, 1.0) + log_n(zi, 0.0, 1.0) - log_n(zi, 0.5, 4.0) for zi in z]
-    kl = 0.5 * (0.5**2 + 4.0 - 1.0 - math.log(4.0))
-    rec = sum((1.0 - zi) ** 2 for zi in z) / 16
-    got = score_batch(
-        Constant(), Identity(), torch.ones(1, 1), beta_rec=0.5, beta_kl=0.3, samples=16, generator=torch.Generator().manual_seed(5)
-    )
-    assert got["elbo"].item() == pytest.approx(sum(log_w) / 16, rel=1e-5)
-    assert got["iw"].item() == pytest.approx(math.log(sum(math.exp(w) for w in log_w) / 16), rel=1e-5)
-    assert got["elbo_beta"].item() == pytest.approx(-(0.5 * rec + 0.3 * kl), rel=1e-5)
+    def log_px_z(x, z):
+        return log_n(x, z, 1.0) if kind == "mse" else x * math.log(1 / (1 + math.exp(-z))) + (1 - x) * math.log(1 / (1 + math.exp(z)))
+
+    decoder = Applies((lambda z: z) if kind == "mse" else torch.sigmoid)
+    x_batch, generator = torch.tensor(xs)[:, None], torch.Generator().manual_seed(5)
+    got = score_batch(HalfMean(), decoder, x_batch, beta_rec=0.5, beta_kl=0.3, kind=kind, samples=16, generator=generator)
+    for b, x in enumerate(xs):
+        z = [x / 2 + 2 * draws[b] for draws in eps]
+        log_w = [log_px_z(x, zi) + log_n(zi, 0.0, 1.0) - log_n(zi, x / 2, 4.0) for zi in z]
+        kl = 0.5 * ((x / 2) ** 2 + 4.0 - 1.0 - math.log(4.0))
+        rec = sum((x - zi) ** 2 if kind == "mse" else -log_px_z(x, zi) for zi in z) / 16
+        assert got["elbo"][b].item() == pytest.approx(sum(log_w) / 16, rel=1e-5)
+        assert got["iw"][b].item() == pytest.approx(math.log(sum(math.exp(w) for w in log_w) / 16), rel=1e-5)
+        assert got["elbo_beta"][b].item() == pytest.approx(-(0.5 * rec + 0.3 * kl), rel=1e-5)
 
 def test_gaussian_decoder_likelihood_is_a_normalised_density():
     x, x_hat = torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64)
