@@ -166,6 +166,11 @@ def test_gaussian_decoder_likelihood_is_a_normalised_density():
     assert bits_per_dim(torch.tensor([-math.log(2) * 6]), 3).item() == pytest.approx(2.0)
 
 
+
+def test_a_gaussian_decoder_needs_a_positive_beta_rec():
+    with pytest.raises(ValueError, match=r"^a Gaussian decoder needs beta_rec > 0, got 0.0$"):
+        decoder_log_likelihood(torch.zeros(1, 2), torch.zeros(1, 2), "mse", 0.0)
+
 @pytest.mark.parametrize("samples", [1, 7])
 def test_iw_estimate_with_the_exact_posterior_is_log_px(samples):
     model = LinearGaussian()
