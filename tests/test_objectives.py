@@ -101,6 +101,8 @@ def test_negative_elbo_and_vae_loss():
     x, x_hat = t([0.0, 0.0]), t([1.0, 1.0])
     mu, logvar = t([1.0]), t([0.0])
     assert negative_elbo(x, x_hat, mu, logvar, beta_rec=0.5, beta_kl=2.0).item() == pytest.approx(0.5 * 2 + 2.0 * 0.5)
+    bce = negative_elbo(t([1.0, 0.0]), t([0.5, 0.5]), mu, logvar, beta_rec=0.5, beta_kl=2.0, kind="bce")
+    assert bce.item() == pytest.approx(0.5 * 2 * math.log(2) + 2.0 * 0.5)  # the kind it is given
     assert vae_loss(torch.tensor(2.0), torch.tensor(3.0), 0.5, 0.1).item() == pytest.approx(1.3)
 
 
