@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv fashion-mnist clean
+.PHONY: demo test mutation venv fashion-mnist clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: $(STAMP)
 test: $(STAMP) fashion-mnist
 	$(PY) -m pytest
 
+# Mutation testing of the core (tools/mutation.py, results in docs/testing.md); not part of `test`.
+# mutmut is installed here only, from the `mutation` extra. Long: see docs/testing.md for its time.
+mutation: $(STAMP)
+	@$(VENV)/bin/mutmut --version >/dev/null 2>&1 || $(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) tools/mutation.py
+
 # Fashion-MNIST from Debian, for the image tests; installed only when missing and running as root.
 fashion-mnist:
 	@if [ ! -d $(FMNIST_DIR) ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
@@ -31,4 +37,4 @@ fashion-mnist:
 	fi
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache mutants

@@ -34,6 +34,16 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+
+class Progress:
+    """A stand-in for a tqdm bar: records each ``update(n)``."""
+
+    def __init__(self):
+        self.updates = []
+
+    def update(self, n):
+        self.updates.append(n)
+
 # ---- tiny image runs ------------------------------------------------------------------------------
 
 IMAGES = 40  # 5 steps per epoch at batch 8

@@ -6,12 +6,25 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
+from softintrovae import methods
 from softintrovae.config import MethodConfig
 from softintrovae.errors import UserError
 from softintrovae.data import Toy2DStream
-from softintrovae.methods import IntroVAE, SoftIntroVAE, VAE
+from softintrovae.methods import (
+    VAE,
+    IntroVAE,
+    NonFiniteUpdate,
+    SoftIntroVAE,
+    Stepper,
+    average_gradients,
+    has_batch_norm,
+    latent_betas,
+    per_kind,
+)
 from softintrovae.models import MLPDecoder, MLPEncoder
+from softintrovae.models.base import LatentLayout
 from softintrovae.objectives import introvae_decoder_loss, introvae_encoder_loss, kl_to_standard_normal, reconstruction_loss, reparameterize
 from softintrovae.reference import reference_soft_introvae_step, reference_vae_step
 
@@ -42,23 +55,63 @@ def batches(n, batch_size=128):
     return [data.batch(i) for i in range(n)]
 
 
-@pytest.mark.parametrize("detach", [False, True])
-def test_optimized_soft_introvae_step_equals_reference(detach):
+def grads(module):
+    return torch.cat([p.grad.flatten() for p in module.parameters()])
+
+
+# (detach_negative_target, γ_r, reconstruction). At the paper's γ_r = 1e-8 the decoder phase's
+# reconstructions of the negatives weigh nothing, so γ_r = 1 makes them (their kind, their detached
+# targets and latents) count; bce checks that the negatives' errors take the run's kind too.
+PARITY = [(False, 1e-8, "mse"), (True, 1e-8, "mse"), (False, 1.0, "mse"), (True, 1.0, "bce")]
+
+
+@pytest.mark.parametrize("detach, gamma_r, reconstruction", PARITY)
+def test_optimized_soft_introvae_step_equals_reference(detach, gamma_r, reconstruction):
     encoder, decoder, opts = make_pair()
+    with torch.no_grad():  # steeper networks: a gradient through a missing detach is then far above rounding
+        encoder.net[-1].weight.mul_(20)
+        decoder.net[-1].weight.mul_(5)
+    if reconstruction == "bce":  # probabilities out, data in [0, 1]
+        decoder = nn.Sequential(decoder, nn.Sigmoid())
     ref_e, ref_d, ref_opts = clone(encoder, decoder, opts)
-    config = MethodConfig(name="soft-introvae", vae_warmup_steps=0, detach_negative_target=detach, **HP)
+    settings = dict(detach_negative_target=detach, gamma_r=gamma_r, reconstruction=reconstruction)
+    config = MethodConfig(name="soft-introvae", vae_warmup_steps=0, **settings, **HP)
     method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
     for i, x in enumerate(batches(6)):
+        x = torch.sigmoid(x) if reconstruction == "bce" else x
         torch.manual_seed(100 + i)
         ours = method.step(x, i)
         torch.manual_seed(100 + i)
-        ref = reference_soft_introvae_step(
-            ref_e, ref_d, *ref_opts, x, z_dim=2, scale=0.5, detach_negative_target=detach, **HP
-        )
+        ref = reference_soft_introvae_step(ref_e, ref_d, *ref_opts, x, z_dim=2, scale=0.5, **settings, **HP)
         for key in ("loss_encoder", "loss_decoder", "rec", "kl", "kl_rec", "kl_fake"):
             assert abs(ours[key].item() - ref[key].item()) <= 1e-6, key
+        # each phase's gradient (Adam's first steps move a parameter by about lr·sign(gradient),
+        # which would hide a small difference of gradients)
+        torch.testing.assert_close(grads(encoder), grads(ref_e), rtol=0, atol=1e-6)
+        torch.testing.assert_close(grads(decoder), grads(ref_d), rtol=0, atol=1e-6)
     assert (params(encoder, decoder) - params(ref_e, ref_d)).abs().max().item() <= 1e-6
     assert not torch.equal(params(encoder), params(make_pair()[0]))  # training did move the weights
+
+
+def test_one_beta_for_every_latent_trains_as_a_single_latent():
+    """Two latents that share their β's train as one latent with those β's: the real data's KL is
+    weighed by β_kl, the negatives' by β_neg in the encoder phase and by β_kl in the decoder phase."""
+    config = MethodConfig(vae_warmup_steps=1, beta_rec=0.2, beta_kl=0.3, beta_neg=1.5)
+    runs = []
+    for layout in (None, LatentLayout(("content", "class"), (1, 1))):
+        encoder, decoder, opts = make_pair()
+        if layout is not None:
+            encoder.latents = layout
+        method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+        torch.manual_seed(0)
+        losses = [method.step(x, i) for i, x in enumerate(batches(3))]
+        runs.append((losses, params(encoder, decoder)))
+    (single, single_params), (grouped, grouped_params) = runs
+    for ours, theirs in zip(single, grouped):  # the logged KLs of several latents carry their weights
+        losses = [k for k in ours if not k.startswith("kl")]
+        assert {k: pytest.approx(ours[k].item(), abs=1e-6) for k in losses} == {k: theirs[k].item() for k in losses}
+    assert set(grouped[-1]) - set(single[-1]) == {"kl_content", "kl_class"}
+    assert torch.allclose(single_params, grouped_params, atol=1e-6)
 
 
 def test_detaching_the_negative_target_changes_the_encoder_update():
@@ -115,7 +168,7 @@ def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge):
         decoder.net[-1].weight.mul_(10)
     ref_e, ref_d, (ref_oe, ref_od) = clone(encoder, decoder, opts)
     config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, introvae_negatives=negatives, introvae_hinge=hinge, **HP)
-    method = IntroVAE(encoder, decoder, *opts, config, scale=1.0, z_dim=2)
+    method = IntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)  # IntroVAE has no s: it must not use it
 
     def kls(fakes):
         per_sample = [kl_to_standard_normal(*ref_e(v), reduction="none") for v in fakes]
@@ -167,3 +220,100 @@ def test_bf16_autocast_step_runs_and_returns_fp32_losses():
     method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(vae_warmup_steps=0, **HP), scale=0.5, z_dim=2, autocast=autocast)
     losses = method.step(batches(1, batch_size=32)[0], 0)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_a_class_latent_takes_its_own_betas_and_the_others_the_runs():
+    config = MethodConfig(beta_kl=0.3, beta_neg=1.5, beta_kl_class=0.7)
+    beta_kl, kl_weights, beta_neg, neg_weights = latent_betas(config, LatentLayout(("content", "class"), (2, 1)))
+    assert (beta_kl, beta_neg) == (1.0, 1.0)
+    assert kl_weights.tolist() == pytest.approx([0.3, 0.3, 0.7]) and neg_weights.tolist() == pytest.approx([1.5, 1.5, 1.5])
+    assert latent_betas(config, LatentLayout.single(3)) == (0.3, None, 1.5, None)
+
+
+class Tagged(nn.Module):
+    """Records each call's batch size; returns (inputs + labels, the call's index) or inputs + labels."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple, self.calls = as_tuple, []
+
+    def forward(self, inputs, labels):
+        self.calls.append(len(inputs))
+        out = inputs + labels[:, None]
+        return (out, torch.full_like(out, len(self.calls))) if self.as_tuple else out
+
+
+@pytest.mark.parametrize("as_tuple", [False, True])
+def test_per_kind_separately_calls_each_half_with_its_labels(as_tuple):
+    batch, labels = torch.zeros(4, 2), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    network = Tagged(as_tuple)
+    out = per_kind(network, batch, True, labels)
+    assert network.calls == [2, 2]
+    sums = out[0] if as_tuple else out
+    assert sums[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    if as_tuple:
+        assert out[1][:, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+    joint = Tagged(as_tuple)
+    per_kind(joint, batch, False, labels)
+    assert joint.calls == [4]
+
+
+def test_batch_norm_is_found_anywhere_in_a_network():
+    assert has_batch_norm(nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.BatchNorm1d(2))))
+    assert not has_batch_norm(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+
+
+def test_stacked_runs_draw_their_rows_from_their_own_generators():
+    encoder, decoder, opts = make_pair(hidden=8)
+    method = VAE(encoder, decoder, *opts, MethodConfig(name="vae", **HP), scale=0.5, z_dim=2)
+    method.run_generators = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    drawn = method.standard_normal(6, torch.device("cpu"))
+    expected = [torch.randn(3, 2, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    assert torch.equal(drawn, torch.cat(expected))
+
+
+def test_a_non_finite_loss_or_gradient_raises_before_any_optimizer_steps():
+    p = nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([p], lr=1.0)
+    stepper = Stepper()
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss_encoder=nan\)$"):
+        stepper.update([optimizer], (p * float("nan")).sum(), [p], name="loss_encoder")
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite gradient \(gradient of loss_decoder\)$"):
+        stepper.update([optimizer], (p - 1).sqrt().sum(), [p], name="loss_decoder")  # 0, with gradient 1/0
+    assert p.item() == 1.0 and not stepper.stepped
+    several = NonFiniteUpdate("rec, kl", "loss", {"rec": torch.tensor(float("inf"))})  # the value of each loss that has one
+    assert str(several) == "non-finite loss (rec=inf, kl)"
+    stepper.update([optimizer], (2 * p).sum(), [p])
+    assert p.item() == -1.0 and stepper.stepped
+    stepper.end_step()
+    assert not stepper.stepped
+
+
+def test_average_gradients_averages_every_gradient_over_the_processes(monkeypatch):
+    a, b, no_grad = nn.Parameter(torch.zeros(2, 2)), nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.ones(2, 2), torch.tensor([1.0, 2.0, 3.0])
+    other = torch.arange(7.0)  # the flat gradients of a second process
+    monkeypatch.setattr(methods.dist, "all_reduce", lambda flat: flat.add_(other))
+    monkeypatch.setattr(methods.dist, "get_world_size", lambda: 2)
+    average_gradients([a, no_grad, b])
+    assert a.grad.tolist() == [[0.5, 1.0], [1.5, 2.0]] and b.grad.tolist() == [2.5, 3.5, 4.5] and no_grad.grad is None
+
+
+class CountingScaler:
+    def __init__(self):
+        self.updates = 0
+
+    def update(self):
+        self.updates += 1
+
+
+def test_the_loss_scale_is_updated_once_per_step_and_after_an_abandoned_step_that_stepped():
+    scaler = CountingScaler()
+    stepper = Stepper(scaler)
+    stepper.abandon_step()
+    assert scaler.updates == 0
+    stepper.stepped = True
+    stepper.abandon_step()
+    assert scaler.updates == 1 and not stepper.stepped
+    stepper.end_step()
+    assert scaler.updates == 2

@@ -9,6 +9,7 @@ import torch
 
 from softintrovae.objectives import (
     expected_exp_elbo,
+    full_precision,
     introvae_decoder_loss,
     introvae_encoder_loss,
     kl_to_standard_normal,
@@ -48,12 +49,42 @@ def test_unknown_reconstruction_kind_is_rejected():
         reconstruction_loss(t([0.0]), t([0.0]), "l1")
 
 
+
+def test_perceptual_by_name_needs_its_network():
+    with pytest.raises(ValueError, match="needs its network"):
+        reconstruction_loss(t([0.0]), t([0.0]), "perceptual")
+
+
+def test_full_precision_upcasts_half_types_only():
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    assert [full_precision(torch.zeros(1, dtype=d)).dtype for d in dtypes] == [torch.float32, torch.float32, torch.float32, torch.float64]
+
+
+def test_a_callable_reconstruction_gets_fp32_inputs_and_its_errors_are_reduced():
+    seen = []
+
+    def l1(a, b):
+        seen.append((a.dtype, b.dtype))
+        return (a - b).abs().sum(1).half()
+
+    x, x_hat = torch.zeros(2, 3, dtype=torch.float16), torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], dtype=torch.float16)
+    per_sample = reconstruction_loss(x, x_hat, l1, reduction="none")
+    assert per_sample.dtype == torch.float32 and per_sample.tolist() == [3.0, 6.0]
+    assert reconstruction_loss(x, x_hat, l1).item() == 4.5
+    assert seen == [(torch.float32, torch.float32)] * 2
+
 def test_kl_to_standard_normal():
     assert kl_to_standard_normal(t([0.0, 0.0]), t([0.0, 0.0])).item() == 0.0
     mu, logvar = t([1.0, 0.0]), t([0.0, math.log(2.0)])
     expected = 0.5 * (1 + 1 - 1 - 0) + 0.5 * (2 + 0 - 1 - math.log(2))
     assert kl_to_standard_normal(mu, logvar).item() == pytest.approx(expected)
 
+
+
+def test_kl_weights_weigh_each_latent_dimension():
+    mu, logvar = t([1.0, 0.0]), t([0.0, math.log(2.0)])
+    weighted = kl_to_standard_normal(mu, logvar, weights=t(2.0, 0.0)).item()
+    assert weighted == pytest.approx(2 * 0.5 * (1 + 1 - 1 - 0))
 
 def test_kl_gradient_matches_finite_differences():
     mu = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
@@ -70,6 +101,8 @@ def test_negative_elbo_and_vae_loss():
     x, x_hat = t([0.0, 0.0]), t([1.0, 1.0])
     mu, logvar = t([1.0]), t([0.0])
     assert negative_elbo(x, x_hat, mu, logvar, beta_rec=0.5, beta_kl=2.0).item() == pytest.approx(0.5 * 2 + 2.0 * 0.5)
+    bce = negative_elbo(t([1.0, 0.0]), t([0.5, 0.5]), mu, logvar, beta_rec=0.5, beta_kl=2.0, kind="bce")
+    assert bce.item() == pytest.approx(0.5 * 2 * math.log(2) + 2.0 * 0.5)  # the kind it is given
     assert vae_loss(torch.tensor(2.0), torch.tensor(3.0), 0.5, 0.1).item() == pytest.approx(1.3)
 
 

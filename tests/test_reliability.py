@@ -319,3 +319,26 @@ def test_a_lock_held_by_a_zombie_process_is_taken_over(tmp_path):
         taker.acquire()
     taker.release()
     child.wait()
+
+
+def test_a_held_lock_is_kept_fresh_by_its_heartbeat(tmp_path):
+    """While a run is written its lock's time is renewed well inside the time after which another host
+    may take it over; one heartbeat, run synchronously, renews an hour-old lock."""
+    from types import SimpleNamespace
+
+    from softintrovae import runlock
+
+    assert runlock.LOCK_HEARTBEAT_SECONDS * 4 <= runlock.LOCK_STALE_SECONDS
+    lock = runlock.RunLock(tmp_path / "lock")
+    lock.acquire()
+    try:
+        assert lock._heartbeat is not None and lock._heartbeat.is_alive()
+    finally:
+        lock.release()
+    (tmp_path / "lock").write_text("{}")
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path / "lock", (an_hour_ago, an_hour_ago))
+    beats = iter([False, True])  # the stop event's wait: one heartbeat, then stop
+    lock._stop = SimpleNamespace(wait=lambda seconds: next(beats))
+    lock._refresh()
+    assert (tmp_path / "lock").stat().st_mtime > an_hour_ago + 3000

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -17,9 +18,10 @@ from softintrovae.config import load_config
 from softintrovae.errors import TrainingDiverged, UserError
 from softintrovae.checkpoint import load_checkpoint
 from softintrovae.rundir import RunDir
-from softintrovae.trainer import Trainer, resume, train
+from softintrovae.methods import Stepper
+from softintrovae.trainer import Trainer, build_training_method, resume, train
 
-from .conftest import tiny_overrides
+from .conftest import tiny_image, tiny_overrides
 
 PRESET = "soft-introvae-8gaussians"
 
@@ -174,3 +176,47 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert 0 < step < 100000
     result = resume(out, {"train.steps": step + 3})
     assert math.isfinite(result.metrics["kl"])
+
+
+def test_the_method_gets_its_scale_and_each_network_its_optimizer(npz):
+    """s = 1 / input dimensions (SPEC §2: 0.5 in 2D, 1/(C·H·W) for images) unless method.scale sets it;
+    the encoder's Adam holds the encoder's parameters at optim.lr_encoder, the decoder's the decoder's."""
+    # none of the numbers is torch's default (Adam: lr 1e-3, betas (0.9, 0.999); MultiStepLR: gamma 0.1)
+    optim = {"optim__lr_encoder": 2e-3, "optim__lr_decoder": 3e-4, "optim__betas": [0.5, 0.99], "optim__lr_gamma": 0.5}
+    trainer = Trainer(load_config(PRESET, schedule(**optim)), None)
+    method = trainer.method
+    assert method.scale == 0.5 and method.config.vae_warmup_steps == 6
+    pairs = ((method.optimizer_encoder, trainer.encoder, 2e-3), (method.optimizer_decoder, trainer.decoder, 3e-4))
+    for optimizer, network, lr in pairs:
+        assert [id(p) for g in optimizer.param_groups for p in g["params"]] == [id(p) for p in network.parameters()]
+        assert optimizer.param_groups[0]["lr"] == lr and optimizer.param_groups[0]["betas"] == (0.5, 0.99)
+    assert [s.optimizer for s in trainer.schedulers] == [method.optimizer_encoder, method.optimizer_decoder]
+    assert all(sorted(s.milestones) == [14, 30] and s.gamma == 0.5 for s in trainer.schedulers)
+    assert Trainer(load_config(PRESET, schedule(method__scale=0.25)), None).method.scale == 0.25
+    images = Trainer(load_config("npz", tiny_image(npz, train__steps=2)), None)
+    assert images.method.scale == pytest.approx(1 / (3 * 8 * 8))
+
+
+
+def test_build_training_method_hands_warmup_autocast_stepper_and_reconstruction_to_the_method():
+    trainer = Trainer(load_config(PRESET, schedule()), None)
+    stepper, autocast = Stepper(), lambda: nullcontext()
+
+    def reconstruction(x, y):
+        return (x - y).abs().sum(1)
+
+    method, _, _ = build_training_method(
+        trainer.config, trainer.encoder, trainer.decoder, (2,), warmup_steps=9, autocast=autocast, stepper=stepper, reconstruction=reconstruction
+    )
+    assert method.config.vae_warmup_steps == 9 and trainer.config.method.vae_warmup_steps == 6
+    assert method.autocast is autocast and method.stepper is stepper and method.perceptual is reconstruction
+    assert build_training_method(trainer.config, trainer.encoder, trainer.decoder, (2,))[0].config.vae_warmup_steps == 6
+
+def test_evaluation_draws_from_the_ema_decoder_when_the_run_keeps_one(monkeypatch):
+    from softintrovae import trainer as trainer_module
+
+    trainer = Trainer(load_config(PRESET, schedule(train__ema_half_life=64)), None)
+    evaluated = []
+    monkeypatch.setattr(trainer_module, "run_evaluation", lambda evaluator, encoder, decoder, *args, **kwargs: evaluated.append(decoder) or {})
+    trainer.evaluate(final=True)
+    assert evaluated == [trainer.ema.module] and trainer.ema.module is not trainer.decoder

@@ -58,8 +58,10 @@ def reference_soft_introvae_step(
     gamma_r: float = 1e-8,
     scale: float,
     detach_negative_target: bool = False,
+    reconstruction: str = "mse",
 ) -> dict[str, Tensor]:
-    """One Soft-IntroVAE update, pass by pass (SPEC §2), plus the official logging pass."""
+    """One Soft-IntroVAE update, pass by pass (SPEC §2), plus the official logging pass;
+    ``reconstruction`` is the kind of every reconstruction error (``mse`` or ``bce``)."""
     # ---- encoder phase: decoder frozen, gradients flow through it into the encoder
     _set_requires_grad(encoder, True)
     _set_requires_grad(decoder, False)
@@ -68,15 +70,15 @@ def reference_soft_introvae_step(
     mu, logvar = encoder(x)
     z = reparameterize(mu, logvar)
     x_r = decoder(z)
-    rec = reconstruction_loss(x, x_r)
+    rec = reconstruction_loss(x, x_r, reconstruction)
     kl = kl_to_standard_normal(mu, logvar)
     mu_r, logvar_r = encoder(x_r.detach())
     x_rr = decoder(reparameterize(mu_r, logvar_r))
     mu_f, logvar_f = encoder(x_f.detach())
     x_ff = decoder(reparameterize(mu_f, logvar_f))
     target_r = x_r.detach() if detach_negative_target else x_r
-    elbo_r = negative_elbo(target_r, x_rr, mu_r, logvar_r, beta_rec, beta_neg)
-    elbo_f = negative_elbo(x_f, x_ff, mu_f, logvar_f, beta_rec, beta_neg)
+    elbo_r = negative_elbo(target_r, x_rr, mu_r, logvar_r, beta_rec, beta_neg, reconstruction)
+    elbo_f = negative_elbo(x_f, x_ff, mu_f, logvar_f, beta_rec, beta_neg, reconstruction)
     loss_encoder = soft_introvae_encoder_loss(rec, kl, [elbo_r, elbo_f], beta_rec=beta_rec, beta_kl=beta_kl, scale=scale)
     optimizer_encoder.zero_grad()
     loss_encoder.backward()
@@ -87,7 +89,7 @@ def reference_soft_introvae_step(
     _set_requires_grad(decoder, True)
     x_f = decoder(z_prior)
     x_r = decoder(z.detach())
-    rec_d = reconstruction_loss(x, x_r)
+    rec_d = reconstruction_loss(x, x_r, reconstruction)
     mu_r, logvar_r = encoder(x_r)
     z_r = reparameterize(mu_r, logvar_r)
     mu_f, logvar_f = encoder(x_f)
@@ -96,8 +98,8 @@ def reference_soft_introvae_step(
     x_ff = decoder(z_f.detach())
     kl_r = kl_to_standard_normal(mu_r, logvar_r)
     kl_f = kl_to_standard_normal(mu_f, logvar_f)
-    rec_rr = reconstruction_loss(x_r.detach(), x_rr)
-    rec_ff = reconstruction_loss(x_f.detach(), x_ff)
+    rec_rr = reconstruction_loss(x_r.detach(), x_rr, reconstruction)
+    rec_ff = reconstruction_loss(x_f.detach(), x_ff, reconstruction)
     loss_decoder = soft_introvae_decoder_loss(
         rec_d, [kl_r, kl_f], [rec_rr, rec_ff], beta_rec=beta_rec, beta_kl=beta_kl, gamma_r=gamma_r, scale=scale
     )
@@ -107,7 +109,7 @@ def reference_soft_introvae_step(
 
     # ---- the official loop's log line: a deterministic reconstruction of the batch
     mu_det, _ = encoder(x)
-    rec_det = reconstruction_loss(x, decoder(mu_det))
+    rec_det = reconstruction_loss(x, decoder(mu_det), reconstruction)
     _set_requires_grad(encoder, True)
     return {
         "loss_encoder": loss_encoder.detach(),

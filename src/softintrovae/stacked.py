@@ -19,7 +19,6 @@ the mean of the runs' losses; it is refused.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -28,10 +27,9 @@ from torch import Tensor, nn
 from .config import Config, config_from_dict
 from .data import Toy2DStream, build_data
 from .errors import UserError
-from .methods import build_method
 from .models import build_models
 from .models.stacked import StackedDecoder, StackedEncoder
-from .trainer import autocast_for, resolve_device
+from .trainer import autocast_for, build_training_method, resolve_device
 
 STACKABLE_METHODS = ("vae", "soft-introvae")
 
@@ -68,21 +66,8 @@ class StackedRuns:
         rows = config.data.batch_size
         self.encoder = StackedEncoder(encoders, rows).to(self.device)
         self.decoder = StackedDecoder(decoders, rows).to(self.device)
-        optim = config.optim
-        self.optimizers = (
-            torch.optim.Adam(self.encoder.parameters(), lr=optim.lr_encoder, betas=tuple(optim.betas)),
-            torch.optim.Adam(self.decoder.parameters(), lr=optim.lr_decoder, betas=tuple(optim.betas)),
-        )
-        self.schedulers = [
-            torch.optim.lr_scheduler.MultiStepLR(o, milestones=optim.milestones, gamma=optim.lr_gamma) for o in self.optimizers
-        ]
-        self.method = build_method(
-            config.method,
-            self.encoder,
-            self.decoder,
-            self.optimizers,
-            scale=config.method.scale or 1.0 / math.prod(self.streams[0].input_shape),
-            autocast=autocast_for(self.device, config.train.precision),
+        self.method, self.optimizers, self.schedulers = build_training_method(
+            config, self.encoder, self.decoder, self.streams[0].input_shape, autocast=autocast_for(self.device, config.train.precision)
         )
         self.method.run_generators = generators
         self.step = 0

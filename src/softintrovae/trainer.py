@@ -42,7 +42,7 @@ from .evaluation import build_evaluator
 from .interrupts import stop_after_step
 from .growth import EMA, GrowthSchedule, ProgressiveStream, build_growth
 from .loggers import build_loggers
-from .methods import NonFiniteUpdate, Stepper, build_method
+from .methods import Method, NonFiniteUpdate, Stepper, build_method
 from .metrics.features import feature_nets_dir
 from .models import build_models
 from .perceptual import build_perceptual_loss
@@ -124,6 +124,36 @@ def _check_not_behind(total_steps: int, step: int, checkpoint: Path, overrides: 
         )
 
 
+def build_training_method(
+    config: Config,
+    encoder: torch.nn.Module,
+    decoder: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    warmup_steps: int | None = None,
+    autocast=nullcontext,
+    stepper: Stepper | None = None,
+    reconstruction=None,
+) -> tuple[Method, tuple[torch.optim.Adam, torch.optim.Adam], list[torch.optim.lr_scheduler.MultiStepLR]]:
+    """The method of ``config`` with its two optimizers and their learning-rate schedules.
+
+    The encoder's Adam (``optim.lr_encoder``) and the decoder's (``optim.lr_decoder``), in that
+    order, each with a MultiStepLR; the method's scale is ``method.scale`` or s = 1 / the number of
+    input dimensions (SPEC §2); ``warmup_steps``, when given, replaces ``method.vae_warmup_steps``
+    (a schedule counted in epochs resolves it in steps).
+    """
+    optim = config.optim
+    optimizers = (
+        torch.optim.Adam(encoder.parameters(), lr=optim.lr_encoder, betas=tuple(optim.betas)),
+        torch.optim.Adam(decoder.parameters(), lr=optim.lr_decoder, betas=tuple(optim.betas)),
+    )
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=optim.milestones, gamma=optim.lr_gamma) for o in optimizers]
+    method_config = config.method if warmup_steps is None else dataclasses.replace(config.method, vae_warmup_steps=warmup_steps)
+    scale = config.method.scale or 1.0 / math.prod(input_shape)
+    method = build_method(method_config, encoder, decoder, optimizers, scale, autocast=autocast, stepper=stepper, reconstruction=reconstruction)
+    return method, optimizers, schedulers
+
+
 class Trainer:
     def __init__(self, config: Config, run: RunDir | None, callbacks: list | None = None, dataset=None):
         """``run`` may be set later (before ``fit``), so that bad input fails before a run directory exists.
@@ -163,23 +193,13 @@ class Trainer:
             broadcast_module(self.decoder)
             # the same initial weights everywhere, then each process draws its own noise
             torch.manual_seed(int(np.random.SeedSequence([config.train.seed, process.rank]).generate_state(1)[0]))
-        optim = config.optim
-        self.optimizers = (
-            torch.optim.Adam(self.encoder.parameters(), lr=optim.lr_encoder, betas=tuple(optim.betas)),
-            torch.optim.Adam(self.decoder.parameters(), lr=optim.lr_decoder, betas=tuple(optim.betas)),
-        )
-        self.schedulers = [
-            torch.optim.lr_scheduler.MultiStepLR(o, milestones=optim.milestones, gamma=optim.lr_gamma)
-            for o in self.optimizers
-        ]
-        scale = config.method.scale or 1.0 / math.prod(self.data.input_shape)
         self.scaler = torch.amp.GradScaler("cuda") if config.train.precision == "fp16-mixed" else None
-        self.method = build_method(
-            dataclasses.replace(config.method, vae_warmup_steps=warmup_steps),
+        self.method, self.optimizers, self.schedulers = build_training_method(
+            config,
             self.encoder,
             self.decoder,
-            self.optimizers,
-            scale,
+            self.data.input_shape,
+            warmup_steps=warmup_steps,
             autocast=autocast,
             stepper=Stepper(self.scaler, process.distributed),
             reconstruction=perceptual,

@@ -83,8 +83,8 @@ def deterministic_negative_elbo(
     sharing one pass wait for each other (on a busy machine, for one that is not running). Each
     point's value is the same either way. ``progress`` (a tqdm bar, optional) advances per pass.
     """
-    cpu = x.device.type == "cpu"
-    batch_size = batch_size or (8192 if cpu else 65536)
+    cpu = x.device.type == "cpu"  # pragma: no mutate (speed and device only: docs/testing.md)
+    batch_size = batch_size or (8192 if cpu else 65536)  # pragma: no mutate (speed and device only: docs/testing.md)
     starts = range(0, len(x), batch_size)
 
     def one_pass(start: int) -> Tensor:
@@ -93,9 +93,9 @@ def deterministic_negative_elbo(
             mu, logvar = encoder(chunk)
             return kl_to_standard_normal(mu, logvar, reduction="none") + (chunk - decoder(mu).float()).pow(2).sum(1)
 
-    out = torch.empty(len(x), dtype=torch.float32, device=x.device)
-    with _one_intra_op_thread() if cpu else nullcontext(torch.get_num_threads()) as threads:
-        with ThreadPoolExecutor(max(1, min(threads if cpu else 1, len(starts)))) as pool:
+    out = torch.empty(len(x), dtype=torch.float32, device=x.device)  # pragma: no mutate (speed and device only: docs/testing.md)
+    with _one_intra_op_thread() if cpu else nullcontext(torch.get_num_threads()) as threads:  # pragma: no mutate (speed and device only: docs/testing.md)
+        with ThreadPoolExecutor(max(1, min(threads if cpu else 1, len(starts)))) as pool:  # pragma: no mutate (speed and device only: docs/testing.md)
             for start, values in zip(starts, pool.map(one_pass, starts)):
                 out[start : start + len(values)] = values
                 if progress is not None:
