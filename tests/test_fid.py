@@ -243,3 +243,17 @@ def test_generate_images_passes_labels_to_a_conditional_decoder():
     assert torch.equal(torch.cat(decoder.seen_labels), labels) and not decoder.training
     with pytest.raises(UserError, match="labels must have shape"):
         generate_images(decoder, 4, z_dim=4, labels=labels)
+
+
+def test_fid_has_the_closed_form_of_two_gaussians_moments():
+    """FID = |μ_r − μ_f|² + Tr(C_r + C_f − 2 (C_r C_f)^½): a shift by m adds |m|², a scale by s of centred
+    features gives (1 − s)² Tr(C). Checks our use of the library against the formula, not against itself."""
+    from softintrovae.metrics.fid import fid_kid_from_features
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 6, generator=generator, dtype=torch.float64) @ torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    real = real - real.mean(0)
+    shift = torch.tensor([0.5, -1.0, 2.0, 0.0, 0.25, 1.5], dtype=torch.float64)
+    assert fid_kid_from_features(real, real + shift, kid_subset_size=50)["fid"] == pytest.approx(float(shift @ shift), rel=1e-4)
+    trace = float(torch.cov(real.T).trace())
+    assert fid_kid_from_features(real, 0.5 * real, kid_subset_size=50)["fid"] == pytest.approx(0.25 * trace, rel=1e-4)
