@@ -21,11 +21,11 @@ from softintrovae.allocator import keep_freed_memory
 
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed")
 DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
-clock = time.perf_counter  # what calls_per_second times by (setup: --clock)
+clock = time.perf_counter  # what timed_calls times by (setup: --clock)
 
 
 def add_arguments(parser: argparse.ArgumentParser, precisions: str = "fp32,bf16-mixed") -> None:
-    """--device, --precisions, --threads, as every benchmark takes them."""
+    """--device, --precisions, --threads, --allocator, --clock, as every benchmark takes them."""
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default_device, help=f"cpu, cuda or cuda:N (default: {default_device})")
     parser.add_argument(
@@ -57,8 +57,8 @@ def parse_precisions(parser: argparse.ArgumentParser, text: str) -> list[str]:
 
 
 def setup(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[torch.device, list[str]]:
-    """Apply --threads, check --device; returns the device and the precisions it runs natively
-    (printing one line for each one skipped, and the machine line)."""
+    """Apply --threads, --clock and --allocator, check --device; returns the device and the
+    precisions it runs natively (printing one line for each one skipped, and the machine line)."""
     global clock
     if args.threads:
         torch.set_num_threads(args.threads)
