@@ -93,16 +93,20 @@ def test_optimized_soft_introvae_step_equals_reference(detach, gamma_r, reconstr
     assert not torch.equal(params(encoder), params(make_pair()[0]))  # training did move the weights
 
 
-def test_one_beta_for_every_latent_trains_as_a_single_latent():
+@pytest.mark.parametrize("cls", [SoftIntroVAE, IntroVAE])
+def test_one_beta_for_every_latent_trains_as_a_single_latent(cls):
     """Two latents that share their β's train as one latent with those β's: the real data's KL is
-    weighed by β_kl, the negatives' by β_neg in the encoder phase and by β_kl in the decoder phase."""
-    config = MethodConfig(vae_warmup_steps=1, beta_rec=0.2, beta_kl=0.3, beta_neg=1.5)
+    weighed by β_kl, the negatives' by β_neg in the encoder phase and by β_kl in the decoder phase.
+    (IntroVAE's β_neg moves inside the hinge with several latents, so it is 1 here; the next test
+    checks that weight.)"""
+    beta_neg = 1.5 if cls is SoftIntroVAE else 1.0
+    config = MethodConfig(name=cls.name, vae_warmup_steps=1, beta_rec=0.2, beta_kl=0.3, beta_neg=beta_neg)
     runs = []
     for layout in (None, LatentLayout(("content", "class"), (1, 1))):
         encoder, decoder, opts = make_pair()
         if layout is not None:
             encoder.latents = layout
-        method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+        method = cls(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
         torch.manual_seed(0)
         losses = [method.step(x, i) for i, x in enumerate(batches(3))]
         runs.append((losses, params(encoder, decoder)))
@@ -112,6 +116,43 @@ def test_one_beta_for_every_latent_trains_as_a_single_latent():
         assert {k: pytest.approx(ours[k].item(), abs=1e-6) for k in losses} == {k: theirs[k].item() for k in losses}
     assert set(grouped[-1]) - set(single[-1]) == {"kl_content", "kl_class"}
     assert torch.allclose(single_params, grouped_params, atol=1e-6)
+
+
+def test_introvae_weighs_each_latent_of_its_negatives_by_its_beta_neg_inside_the_hinge():
+    encoder, decoder, opts = make_pair()
+    encoder.latents = LatentLayout(("content", "class"), (1, 1))
+    config = MethodConfig(name="introvae", beta_kl=0.3, beta_neg=1.5, beta_kl_class=0.7)
+    method = IntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+    mu, logvar = torch.randn(4, 2), torch.randn(4, 2)
+    per_dimension = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
+    (kl,) = method.negative_kls(mu, logvar)
+    torch.testing.assert_close(kl, 1.5 * per_dimension.sum(1))
+    assert method.beta_neg == 1.0  # so the hinge is [m − 1.5·KL]₊, not 1.5·[m − KL]₊
+
+
+@pytest.mark.parametrize("negatives, separately", [("both", True), ("both", False), ("prior", True), ("prior", False)])
+def test_introvae_encodes_its_two_kinds_of_negatives_apart_when_the_encoder_has_batch_norm(negatives, separately):
+    """An encoder with batch norm sees the reconstructions and the prior samples as separate batches
+    (as in the reference), one without sees them together; with the prior samples alone there is one."""
+    encoder, decoder, opts = make_pair()
+    config = MethodConfig(name="introvae", vae_warmup_steps=0, introvae_negatives=negatives, **HP)
+    method = IntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+    method.encode_kinds_separately = separately
+    sizes = []
+    encoder.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    method.step(batches(1, batch_size=8)[0], 0)
+    negatives_calls = {("both", True): [8, 8], ("both", False): [16], ("prior", True): [8], ("prior", False): [8]}
+    assert sizes == [8] + 2 * negatives_calls[negatives, separately]  # the real data, then each phase's negatives
+
+
+@pytest.mark.parametrize("cls", [SoftIntroVAE, IntroVAE])
+def test_a_non_finite_step_names_the_phase_whose_loss_failed(cls):
+    encoder, decoder, opts = make_pair()
+    method = cls(encoder, decoder, *opts, MethodConfig(name=cls.name, vae_warmup_steps=0, **HP), scale=0.5, z_dim=2)
+    x = batches(1, batch_size=8)[0]
+    x[0, 0] = float("nan")
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss_encoder=nan\)$"):
+        method.step(x, 0)
 
 
 def test_detaching_the_negative_target_changes_the_encoder_update():
@@ -157,17 +198,23 @@ def test_each_phase_updates_only_its_own_network(cls):
     assert not torch.equal(params(decoder), dec0)
 
 
-@pytest.mark.parametrize("negatives", ["prior", "both"])
-@pytest.mark.parametrize("hinge", ["per-sample", "batch-mean"])
-def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge):
+# (negatives, hinge, reconstruction): the four objectives, and bce for the reconstruction's kind
+INTROVAE = [("prior", "per-sample", "mse"), ("prior", "batch-mean", "mse"), ("both", "per-sample", "mse"), ("both", "batch-mean", "mse")]
+
+
+@pytest.mark.parametrize("negatives, hinge, reconstruction", INTROVAE + [("prior", "per-sample", "bce")])
+def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge, reconstruction):
     """IntroVAE's step against Appendix 9.1.1 written out call by call: the decoded prior samples as the
     negatives (or also the reconstructions), the hinge on each sample's KL (or on the batch mean)."""
     encoder, decoder, opts = make_pair()
     with torch.no_grad():  # spread the negatives' KLs around the margin (≈ 1.7 … 2.2), so the two hinges differ
         encoder.net[-1].weight.mul_(40)
         decoder.net[-1].weight.mul_(10)
+    if reconstruction == "bce":  # probabilities out, data in [0, 1]
+        decoder = nn.Sequential(decoder, nn.Sigmoid())
     ref_e, ref_d, (ref_oe, ref_od) = clone(encoder, decoder, opts)
-    config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, introvae_negatives=negatives, introvae_hinge=hinge, **HP)
+    settings = dict(introvae_negatives=negatives, introvae_hinge=hinge, reconstruction=reconstruction)
+    config = MethodConfig(name="introvae", vae_warmup_steps=0, margin=2.0, **settings, **HP)
     method = IntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)  # IntroVAE has no s: it must not use it
 
     def kls(fakes):
@@ -175,6 +222,7 @@ def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge):
         return per_sample if hinge == "per-sample" else [k.mean() for k in per_sample]
 
     for i, x in enumerate(batches(3)):
+        x = torch.sigmoid(x) if reconstruction == "bce" else x
         torch.manual_seed(i)
         ours = method.step(x, i)
         torch.manual_seed(i)
@@ -183,19 +231,21 @@ def test_introvae_step_equals_pass_by_pass_formula(negatives, hinge):
         x_r = ref_d(reparameterize(mu, logvar))
         x_f = ref_d(z_prior)
         fakes = [x_r, x_f] if negatives == "both" else [x_f]
-        rec = reconstruction_loss(x, x_r)
+        rec, kl = reconstruction_loss(x, x_r, reconstruction), kl_to_standard_normal(mu, logvar)
         kl_e = kls([v.detach() for v in fakes])
-        loss_e = introvae_encoder_loss(rec, kl_to_standard_normal(mu, logvar), kl_e, beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, margin=2.0)
+        loss_e = introvae_encoder_loss(rec, kl, kl_e, beta_rec=0.2, beta_kl=0.3, beta_neg=0.9, margin=2.0)
         ref_oe.zero_grad()
         loss_e.backward(inputs=list(ref_e.parameters()), retain_graph=True)
         ref_oe.step()
-        loss_d = introvae_decoder_loss(rec, kls(fakes), beta_rec=0.2, beta_neg=0.9)
+        kl_d = kls(fakes)  # by the updated encoder
+        loss_d = introvae_decoder_loss(rec, kl_d, beta_rec=0.2, beta_neg=0.9)
         ref_od.zero_grad()
         loss_d.backward(inputs=list(ref_d.parameters()))
         ref_od.step()
-        assert ours["loss_encoder"].item() == pytest.approx(loss_e.item(), abs=1e-6)
-        assert ours["loss_decoder"].item() == pytest.approx(loss_d.item(), abs=1e-6)
-        assert set(ours) >= ({"kl_rec", "kl_fake"} if negatives == "both" else {"kl_fake"})
+        logged = {"loss_encoder": loss_e, "loss_decoder": loss_d, "rec": rec, "kl": kl}
+        logged.update(zip(("kl_rec", "kl_fake") if negatives == "both" else ("kl_fake",), (k.mean() for k in kl_d)))
+        assert set(ours) == set(logged)
+        assert {k: v.item() for k, v in ours.items()} == {k: pytest.approx(v.item(), abs=1e-6) for k, v in logged.items()}
     assert torch.allclose(params(encoder, decoder), params(ref_e, ref_d), atol=1e-6)
 
 
