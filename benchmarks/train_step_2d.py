@@ -40,10 +40,10 @@ from softintrovae.stacked import StackedRuns
 HP = dict(beta_rec=0.2, beta_kl=0.3, beta_neg=0.9)  # Table 5, 8 Gaussians
 
 
-def make_variants(batch_size: int, device: torch.device, precisions, compile_mode: str | None = None, runs: int = 0):
+def make_variants(batch_size: int, device: torch.device, precisions, compile_mode: str | None = None, runs: int = 0, hidden_dim: int = 256):
     """name → (one step, precision, runs it trains)."""
     torch.manual_seed(0)
-    encoder, decoder = MLPEncoder().to(device), MLPDecoder().to(device)
+    encoder, decoder = MLPEncoder(hidden_dim=hidden_dim).to(device), MLPDecoder(hidden_dim=hidden_dim).to(device)
     x = Toy2DStream("8gaussians", batch_size).batch(0).to(device)
 
     def fresh():
@@ -69,7 +69,7 @@ def make_variants(batch_size: int, device: torch.device, precisions, compile_mod
             method = SoftIntroVAE(e, d, *opts, MethodConfig(vae_warmup_steps=0, **HP), scale=0.5, z_dim=2, autocast=context)
             variants[f"compiled {precision}"] = (partial(method.step, x, 0), precision, 1)
         if runs:
-            overrides = {"data.batch_size": batch_size, "method.vae_warmup_steps": 0, "train.device": str(device), "train.precision": precision}
+            overrides = {"data.batch_size": batch_size, "model.hidden_dim": hidden_dim, "method.vae_warmup_steps": 0, "train.device": str(device), "train.precision": precision}
             stacked = StackedRuns(load_config("soft-introvae-8gaussians", overrides), range(runs))
             batch = stacked.batch(0)
             variants[f"stacked x{runs} {precision}"] = (partial(stacked.method.step, batch, 0), precision, runs)
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--hidden-dim", type=int, default=256, help="width of the MLPs (the demo uses 128)")
     parser.add_argument("--runs", type=int, default=0, help="also time K runs stacked into one batched model")
     parser.add_argument("--compile", default=None, help="also time the optimized step with torch.compile(mode=...) networks")
     add_arguments(parser)
@@ -100,7 +101,7 @@ def main() -> None:
     peaks = {p: matmul_peak_gflops(DTYPES.get(p, torch.float32), device) for p in precisions}
     print("matmul peak (2048², measured): " + ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in peaks.items()))
 
-    variants = make_variants(args.batch_size, device, precisions, args.compile, args.runs)
+    variants = make_variants(args.batch_size, device, precisions, args.compile, args.runs, args.hidden_dim)
     keep_working(variants, [name for name in variants if name.startswith("compiled")])
     # a compiled step does the optimized step's arithmetic (and counting would trace it again)
     flops = {name: flops_per_step(fn) for name, (fn, _, _) in variants.items() if not name.startswith("compiled")}
@@ -111,7 +112,7 @@ def main() -> None:
             rates[name].append(calls_per_second(fn, args.seconds, device, at_least=3))
 
     base = statistics.median(rates["reference fp32"])
-    print(f"\n2D Soft-IntroVAE step, batch {args.batch_size} per run, median of {args.rounds} rounds")
+    print(f"\n2D Soft-IntroVAE step, width {args.hidden_dim}, batch {args.batch_size} per run, median of {args.rounds} rounds")
     print(f"{'variant':<24}{'it/s':>9}{'runs·it/s':>11}{'vs ref fp32':>13}{'GFLOP/step':>12}{'GFLOP/s':>9}{'% peak':>8}")
     for name, values in rates.items():
         _, precision, runs = variants[name]
