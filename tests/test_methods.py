@@ -150,9 +150,20 @@ def test_a_non_finite_step_names_the_phase_whose_loss_failed(cls):
     encoder, decoder, opts = make_pair()
     method = cls(encoder, decoder, *opts, MethodConfig(name=cls.name, vae_warmup_steps=0, **HP), scale=0.5, z_dim=2)
     x = batches(1, batch_size=8)[0]
+    result = method.encoder_phase(x)
+    result.rec = torch.tensor(float("nan"))  # the real data's error, which the decoder phase reuses
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss_decoder=nan\)$"):
+        method.decoder_phase(result)
     x[0, 0] = float("nan")
     with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss_encoder=nan\)$"):
         method.step(x, 0)
+
+
+def test_build_method_passes_the_latent_size_of_networks_that_do_not_declare_it():
+    encoder, decoder = nn.Linear(2, 6), nn.Linear(3, 2)
+    opts = (torch.optim.Adam(encoder.parameters()), torch.optim.Adam(decoder.parameters()))
+    method = methods.build_method(MethodConfig(name="introvae"), encoder, decoder, opts, scale=1.0, z_dim=3)
+    assert isinstance(method, IntroVAE) and method.z_dim == 3
 
 
 def test_detaching_the_negative_target_changes_the_encoder_update():
