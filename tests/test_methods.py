@@ -85,6 +85,7 @@ def test_optimized_soft_introvae_step_equals_reference(detach, gamma_r, reconstr
         ref = reference_soft_introvae_step(ref_e, ref_d, *ref_opts, x, z_dim=2, scale=0.5, **settings, **HP)
         for key in ("loss_encoder", "loss_decoder", "rec", "kl", "kl_rec", "kl_fake"):
             assert abs(ours[key].item() - ref[key].item()) <= 1e-6, key
+        assert set(ours) - set(ref) == {"exp_elbo_rec", "exp_elbo_fake"}  # logged by the optimized step only
         # each phase's gradient (Adam's first steps move a parameter by about lr·sign(gradient),
         # which would hide a small difference of gradients)
         torch.testing.assert_close(grads(encoder), grads(ref_e), rtol=0, atol=1e-6)
@@ -157,6 +158,9 @@ def test_a_non_finite_step_names_the_phase_whose_loss_failed(cls):
     x[0, 0] = float("nan")
     with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss_encoder=nan\)$"):
         method.step(x, 0)
+    method.config.vae_warmup_steps = 1
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss=nan\)$"):  # the warm-up's joint loss
+        method.step(x, 0)
 
 
 def test_build_method_passes_the_latent_size_of_networks_that_do_not_declare_it():
@@ -164,6 +168,59 @@ def test_build_method_passes_the_latent_size_of_networks_that_do_not_declare_it(
     opts = (torch.optim.Adam(encoder.parameters()), torch.optim.Adam(decoder.parameters()))
     method = methods.build_method(MethodConfig(name="introvae"), encoder, decoder, opts, scale=1.0, z_dim=3)
     assert isinstance(method, IntroVAE) and method.z_dim == 3
+
+
+def test_a_warm_up_step_reconstructs_with_the_runs_kind():
+    encoder, decoder, opts = make_pair()
+    decoder = nn.Sequential(decoder, nn.Sigmoid())
+    method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(vae_warmup_steps=1, reconstruction="bce", **HP), scale=0.5, z_dim=2)
+    x = torch.sigmoid(batches(1)[0])
+    with torch.no_grad():
+        torch.manual_seed(0)
+        mu, logvar = encoder(x)
+        expected = reconstruction_loss(x, decoder(reparameterize(mu, logvar)), "bce")
+    torch.manual_seed(0)
+    assert method.step(x, 0)["rec"].item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+class Labelled(nn.Module):
+    """A class-conditional wrapper that records the labels of every call (and shifts its inputs by them)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network, self.seen = network, []
+
+    def forward(self, inputs, labels):
+        self.seen.append(labels)
+        return self.network(inputs + labels[:, None])
+
+
+@pytest.mark.parametrize("cls, separately", [(VAE, False), (SoftIntroVAE, False), (SoftIntroVAE, True), (IntroVAE, True)])
+def test_every_call_of_a_conditional_step_gets_the_labels_of_its_rows(cls, separately):
+    encoder, decoder, opts = make_pair()
+    encoder, decoder = Labelled(encoder), Labelled(decoder)
+    config = MethodConfig(name=cls.name, vae_warmup_steps=1, introvae_negatives="both", **HP)
+    method = cls(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+    method.encode_kinds_separately = method.decode_kinds_separately = separately
+    x, labels = batches(1, batch_size=6)[0], torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    for step in (0, 1):  # the warm-up, then the introspective update
+        method.step(x, step, labels)
+    twice = torch.cat([labels, labels])
+    calls = encoder.seen + decoder.seen
+    assert len(calls) > 2 and all(seen is not None for seen in calls)
+    assert all(torch.equal(seen, labels) or (not separately and torch.equal(seen, twice)) for seen in calls)
+
+
+def test_an_introspective_step_draws_all_its_noise_from_the_methods_generators():
+    """With a run's own generator (stacked runs), the global random state does not enter a step."""
+    results = []
+    for global_seed in (1, 2):
+        encoder, decoder, opts = make_pair()
+        method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(vae_warmup_steps=1, **HP), scale=0.5, z_dim=2)
+        method.run_generators = [torch.Generator().manual_seed(0)]
+        torch.manual_seed(global_seed)
+        results.append([{k: v.item() for k, v in method.step(x, i).items()} for i, x in enumerate(batches(3))])
+    assert results[0] == results[1]
 
 
 def test_detaching_the_negative_target_changes_the_encoder_update():
@@ -306,17 +363,17 @@ class Tagged(nn.Module):
 
 @pytest.mark.parametrize("as_tuple", [False, True])
 def test_per_kind_separately_calls_each_half_with_its_labels(as_tuple):
-    batch, labels = torch.zeros(4, 2), torch.tensor([1.0, 2.0, 3.0, 4.0])
+    batch, labels = torch.zeros(6, 2), torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     network = Tagged(as_tuple)
     out = per_kind(network, batch, True, labels)
-    assert network.calls == [2, 2]
+    assert network.calls == [3, 3]
     sums = out[0] if as_tuple else out
-    assert sums[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert sums[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     if as_tuple:
-        assert out[1][:, 0].tolist() == [1.0, 1.0, 2.0, 2.0]
+        assert out[1][:, 0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
     joint = Tagged(as_tuple)
     per_kind(joint, batch, False, labels)
-    assert joint.calls == [4]
+    assert joint.calls == [6]
 
 
 def test_batch_norm_is_found_anywhere_in_a_network():
