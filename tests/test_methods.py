@@ -435,3 +435,41 @@ def test_the_loss_scale_is_updated_once_per_step_and_after_an_abandoned_step_tha
     assert scaler.updates == 1 and not stepper.stepped
     stepper.end_step()
     assert scaler.updates == 2
+
+
+def test_with_a_loss_scaler_an_update_steps_by_the_unscaled_gradient_and_leaves_overflows_to_the_scaler():
+    p = nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([p], lr=0.5)
+    stepper = Stepper(torch.amp.GradScaler("cpu", init_scale=1024.0))
+    stepper.update([optimizer], (2 * p).sum(), [p])  # the loss is scaled, the gradient unscaled
+    stepper.end_step()
+    assert p.item() == 0.0 and stepper.scaler.get_scale() == 1024.0
+    stepper.update([optimizer], (p * 1e38).sum() * 1e38, [p])  # the scaled gradient overflows: no error
+    stepper.end_step()
+    assert p.item() == 0.0 and stepper.scaler.get_scale() == 512.0  # the step skipped, the scale halved
+
+
+def test_an_update_sets_gradients_to_none_so_a_parameter_outside_its_loss_stays_put():
+    used, unused = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.Adam([used, unused], lr=0.1)
+    stepper = Stepper()
+    stepper.update([optimizer], (used + unused).sum(), [used, unused])
+    before = unused.item()
+    stepper.update([optimizer], used.sum(), [used, unused])  # Adam's momentum would move a zero gradient
+    assert unused.grad is None and unused.item() == before
+
+
+def test_a_distributed_update_averages_the_gradients_of_its_parameters(monkeypatch):
+    averaged = []
+    monkeypatch.setattr(methods, "average_gradients", averaged.append)
+    p = nn.Parameter(torch.ones(1))
+    Stepper(distributed=True).update([torch.optim.SGD([p], lr=1.0)], (2 * p).sum(), [p])
+    assert averaged == [[p]]
+
+
+def test_all_finite_without_gradients_and_an_unnamed_loss():
+    assert methods.all_finite(torch.tensor(1.0), []) == (True, True)
+    assert methods.all_finite(torch.tensor(float("inf")), []) == (False, False)
+    p = nn.Parameter(torch.ones(1))
+    with pytest.raises(NonFiniteUpdate, match=r"^non-finite loss \(loss=nan\)$"):
+        Stepper().update([torch.optim.SGD([p], lr=1.0)], (p * float("nan")).sum(), [p])
