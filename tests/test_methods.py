@@ -381,6 +381,23 @@ def test_batch_norm_is_found_anywhere_in_a_network():
     assert not has_batch_norm(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
 
 
+@pytest.mark.parametrize("with_batch_norm", ["encoder", "decoder"])
+def test_a_method_passes_the_kinds_apart_through_the_network_that_has_batch_norm(with_batch_norm):
+    encoder, decoder, opts = make_pair()
+    if with_batch_norm == "encoder":
+        encoder.net.insert(1, nn.BatchNorm1d(64))
+    else:
+        decoder.net.insert(1, nn.BatchNorm1d(64))
+    method = SoftIntroVAE(encoder, decoder, *opts, MethodConfig(**HP), scale=0.5, z_dim=2)
+    assert (method.encode_kinds_separately, method.decode_kinds_separately) == (with_batch_norm == "encoder", with_batch_norm == "decoder")
+
+
+def test_a_perceptual_reconstruction_needs_its_loss_function():
+    encoder, decoder, opts = make_pair()
+    with pytest.raises(ValueError, match="method.reconstruction perceptual needs its loss function"):
+        SoftIntroVAE(encoder, decoder, *opts, MethodConfig(reconstruction="perceptual", **HP), scale=0.5, z_dim=2)
+
+
 def test_stacked_runs_draw_their_rows_from_their_own_generators():
     encoder, decoder, opts = make_pair(hidden=8)
     method = VAE(encoder, decoder, *opts, MethodConfig(name="vae", **HP), scale=0.5, z_dim=2)
