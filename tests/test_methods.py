@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -345,6 +346,8 @@ def test_a_class_latent_takes_its_own_betas_and_the_others_the_runs():
     beta_kl, kl_weights, beta_neg, neg_weights = latent_betas(config, LatentLayout(("content", "class"), (2, 1)))
     assert (beta_kl, beta_neg) == (1.0, 1.0)
     assert kl_weights.tolist() == pytest.approx([0.3, 0.3, 0.7]) and neg_weights.tolist() == pytest.approx([1.5, 1.5, 1.5])
+    with_neg_class = dataclasses.replace(config, beta_neg_class=2.5)
+    assert latent_betas(with_neg_class, LatentLayout(("content", "class"), (2, 1)))[3].tolist() == pytest.approx([1.5, 1.5, 2.5])
     assert latent_betas(config, LatentLayout.single(3)) == (0.3, None, 1.5, None)
 
 
@@ -392,10 +395,20 @@ def test_a_method_passes_the_kinds_apart_through_the_network_that_has_batch_norm
     assert (method.encode_kinds_separately, method.decode_kinds_separately) == (with_batch_norm == "encoder", with_batch_norm == "decoder")
 
 
-def test_a_perceptual_reconstruction_needs_its_loss_function():
+def test_a_perceptual_reconstruction_needs_its_loss_function_and_trains_with_it():
     encoder, decoder, opts = make_pair()
+    config = MethodConfig(reconstruction="perceptual", vae_warmup_steps=1, **HP)
     with pytest.raises(ValueError, match="method.reconstruction perceptual needs its loss function"):
-        SoftIntroVAE(encoder, decoder, *opts, MethodConfig(reconstruction="perceptual", **HP), scale=0.5, z_dim=2)
+        SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
+    l1 = lambda x, x_hat: (x - x_hat).abs().sum(1)  # noqa: E731  (per-sample errors, as the perceptual loss gives)
+    method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2, reconstruction=l1)
+    x = batches(1)[0]
+    with torch.no_grad():
+        torch.manual_seed(0)
+        mu, logvar = encoder(x)
+        expected = l1(x, decoder(reparameterize(mu, logvar))).mean()
+    torch.manual_seed(0)
+    assert method.step(x, 0)["rec"].item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_stacked_runs_draw_their_rows_from_their_own_generators():
