@@ -398,7 +398,7 @@ def test_a_method_passes_the_kinds_apart_through_the_network_that_has_batch_norm
 def test_a_perceptual_reconstruction_needs_its_loss_function_and_trains_with_it():
     encoder, decoder, opts = make_pair()
     config = MethodConfig(reconstruction="perceptual", vae_warmup_steps=1, **HP)
-    with pytest.raises(ValueError, match="method.reconstruction perceptual needs its loss function"):
+    with pytest.raises(ValueError, match=r"^method\.reconstruction perceptual needs its loss function: pass reconstruction=\.\.\.$"):
         SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2)
     l1 = lambda x, x_hat: (x - x_hat).abs().sum(1)  # noqa: E731  (per-sample errors, as the perceptual loss gives)
     method = SoftIntroVAE(encoder, decoder, *opts, config, scale=0.5, z_dim=2, reconstruction=l1)
